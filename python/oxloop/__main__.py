@@ -1,0 +1,31 @@
+"""`python -m oxloop SCRIPT [ARGS...]` or `python -m oxloop -m MODULE [ARGS...]`:
+run an unmodified asyncio program with oxloop as its event loop."""
+
+from __future__ import annotations
+
+import os
+import runpy
+import sys
+
+from ._policy import install
+
+USAGE = "usage: python -m oxloop SCRIPT [ARGS...] | python -m oxloop -m MODULE [ARGS...]"
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help") or argv == ["-m"]:
+        print(USAGE, file=sys.stderr if not argv or argv == ["-m"] else sys.stdout)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    install()
+    if argv[0] == "-m":
+        sys.argv = argv[1:]
+        runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+    else:
+        sys.argv = argv
+        sys.path[0] = os.path.dirname(os.path.abspath(argv[0]))
+        runpy.run_path(argv[0], run_name="__main__")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,87 @@
+//! Waiting for the OS. Every backend implements [`Backend`]; the engine and the
+//! transports only ever talk to this trait, so a readiness backend (epoll, a
+//! user's Python selector) and a completion backend (io_uring, whose poll ops
+//! report readiness through the same [`Event`]) are interchangeable.
+
+pub mod epoll;
+pub mod pyselector;
+pub mod waker;
+
+use std::io;
+use std::os::fd::RawFd;
+use std::time::Duration;
+
+/// What the loop wants to hear about one file descriptor.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Interest {
+    /// Report when the fd is readable.
+    pub readable: bool,
+    /// Report when the fd is writable.
+    pub writable: bool,
+}
+
+impl Interest {
+    /// True when nothing is watched, i.e. the fd should leave the backend.
+    pub fn is_empty(self) -> bool {
+        !self.readable && !self.writable
+    }
+}
+
+/// One readiness report for a registered fd.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// The fd the report is about.
+    pub fd: RawFd,
+    /// Reading will not block (or an error/hang-up is pending).
+    pub readable: bool,
+    /// Writing will not block (or an error/hang-up is pending).
+    pub writable: bool,
+}
+
+/// The boundary between the engine and the OS's waiting primitive.
+///
+/// Level-triggered, like asyncio's selectors: an fd that stays ready is
+/// reported by every `wait` until its interest is removed.
+pub trait Backend: Send {
+    /// Moves `fd` from interest `old` to `new` (register, modify or remove).
+    fn set_interest(&mut self, fd: RawFd, old: Interest, new: Interest) -> io::Result<()>;
+
+    /// Blocks up to `timeout` (`None`: until something happens) and appends the
+    /// reports to `events`. Wake-ups from [`waker::Waker`] end the wait but are
+    /// not reported. `ErrorKind::Interrupted` means a signal arrived.
+    fn wait(&mut self, timeout: Option<Duration>, events: &mut Vec<Event>) -> io::Result<()>;
+
+    /// Whether `wait` may be called with the interpreter detached. A backend
+    /// that calls into Python (the user-selector one) says no.
+    fn waits_detached(&self) -> bool;
+
+    /// Releases what the backend holds from the OS (or the user's selector).
+    fn close(&mut self);
+}
+
+/// Rounds a timeout up to whole milliseconds, as asyncio's selectors do, so a
+/// wait never ends before the timer it waits for is due.
+pub fn timeout_ms(timeout: Option<Duration>) -> i32 {
+    match timeout {
+        None => -1,
+        Some(t) => {
+            let ms = t.as_nanos().div_ceil(1_000_000);
+            ms.min(i32::MAX as u128) as i32
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeout_rounds_up_to_milliseconds() {
+        assert_eq!(timeout_ms(None), -1);
+        assert_eq!(timeout_ms(Some(Duration::ZERO)), 0);
+        assert_eq!(timeout_ms(Some(Duration::from_nanos(1))), 1);
+        assert_eq!(timeout_ms(Some(Duration::from_micros(1500))), 2);
+        assert_eq!(timeout_ms(Some(Duration::from_millis(7))), 7);
+        assert_eq!(timeout_ms(Some(Duration::from_secs(u64::MAX))), i32::MAX);
+    }
+}

@@ -1,0 +1,219 @@
+//! asyncio's own `Handle` and `TimerHandle`, made and run from Rust.
+//!
+//! The loop hands out real `asyncio.Handle`/`asyncio.TimerHandle` instances,
+//! so `isinstance` checks, `repr`, `cancel()` and debug tracebacks behave as in
+//! asyncio. Outside debug mode they are built and read through their
+//! `__slots__` directly: no `__init__`, no attribute lookups on the hot path.
+
+use pyo3::exceptions::{PyImportError, PyKeyboardInterrupt, PySystemExit};
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyTuple, PyType};
+
+/// Byte offsets of the slots of asyncio's handle classes.
+struct Layout {
+    handle: Py<PyType>,
+    timer: Py<PyType>,
+    callback: isize,
+    args: isize,
+    cancelled: isize,
+    loop_: isize,
+    source_traceback: isize,
+    repr: isize,
+    context: isize,
+    scheduled: isize,
+    when: isize,
+}
+
+static LAYOUT: PyOnceLock<Layout> = PyOnceLock::new();
+
+fn offset(cls: &Bound<'_, PyType>, name: &str) -> PyResult<isize> {
+    let descr = cls.getattr(name)?;
+    if descr.get_type().name()? != "member_descriptor" {
+        return Err(PyImportError::new_err(format!("asyncio handle slot {name} is not a slot")));
+    }
+    // SAFETY: a `member_descriptor` is a PyMemberDescrObject whose d_member
+    // points at the PyMemberDef of the slot, which lives as long as the class.
+    Ok(unsafe { (*(*descr.as_ptr().cast::<ffi::PyMemberDescrObject>()).d_member).offset })
+}
+
+fn layout(py: Python<'_>) -> PyResult<&'static Layout> {
+    LAYOUT.get_or_try_init(py, || {
+        let events = py.import("asyncio.events")?;
+        let handle = events.getattr("Handle")?.cast_into::<PyType>()?;
+        let timer = events.getattr("TimerHandle")?.cast_into::<PyType>()?;
+        Ok(Layout {
+            callback: offset(&handle, "_callback")?,
+            args: offset(&handle, "_args")?,
+            cancelled: offset(&handle, "_cancelled")?,
+            loop_: offset(&handle, "_loop")?,
+            source_traceback: offset(&handle, "_source_traceback")?,
+            repr: offset(&handle, "_repr")?,
+            context: offset(&handle, "_context")?,
+            scheduled: offset(&timer, "_scheduled")?,
+            when: offset(&timer, "_when")?,
+            handle: handle.unbind(),
+            timer: timer.unbind(),
+        })
+    })
+}
+
+/// Checks once, at import, that asyncio's handle classes have the expected slots.
+pub fn init(py: Python<'_>) -> PyResult<()> {
+    layout(py).map(drop)
+}
+
+/// The slot at `off` inside `obj`.
+///
+/// # Safety
+/// `obj` must be an instance of asyncio's Handle (or TimerHandle, for the
+/// TimerHandle offsets) and `off` one of the offsets in [`Layout`].
+unsafe fn slot(obj: *mut ffi::PyObject, off: isize) -> *mut *mut ffi::PyObject {
+    // SAFETY: the caller guarantees the offset is inside the object.
+    unsafe { obj.cast::<u8>().offset(off).cast() }
+}
+
+/// Stores a new reference to `value` in the slot, releasing the old one.
+///
+/// # Safety
+/// As for [`slot`].
+unsafe fn put(obj: *mut ffi::PyObject, off: isize, value: *mut ffi::PyObject) {
+    // SAFETY: the caller guarantees the slot exists; the old value (possibly
+    // NULL) was a strong reference owned by the object.
+    unsafe {
+        ffi::Py_INCREF(value);
+        let old = std::mem::replace(&mut *slot(obj, off), value);
+        ffi::Py_XDECREF(old);
+    }
+}
+
+/// Builds a `Handle` (or, with `when`, a `TimerHandle`) for `loop_`.
+///
+/// `debug` takes asyncio's own constructor, which records the caller's stack.
+pub fn new<'py>(
+    loop_: &Bound<'py, PyAny>,
+    callback: &Bound<'py, PyAny>,
+    args: &Bound<'py, PyTuple>,
+    context: Option<&Bound<'py, PyAny>>,
+    when: Option<f64>,
+    debug: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = loop_.py();
+    let l = layout(py)?;
+    let cls = if when.is_some() { &l.timer } else { &l.handle };
+    if debug {
+        return match when {
+            Some(w) => cls.bind(py).call1((w, callback, args, loop_, context)),
+            None => cls.bind(py).call1((callback, args, loop_, context)),
+        };
+    }
+    let context = match context {
+        Some(c) => c.clone(),
+        // SAFETY: PyContext_CopyCurrent returns a new reference or NULL with an
+        // exception set, which from_owned_ptr_or_err turns into Err.
+        None => unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent())? },
+    };
+    // SAFETY: allocates a zeroed instance of a heap type whose slots are
+    // filled right below, before any other Python code can see the object.
+    let obj = unsafe {
+        Bound::from_owned_ptr_or_err(py, ffi::PyType_GenericAlloc(cls.as_ptr().cast(), 0))?
+    };
+    let p = obj.as_ptr();
+    let none = py.None();
+    let false_ = ffi_bool(false);
+    // SAFETY: `obj` is an instance of `cls`; every offset belongs to it
+    // (`scheduled` and `when` only when `cls` is TimerHandle).
+    unsafe {
+        put(p, l.callback, callback.as_ptr());
+        put(p, l.args, args.as_ptr());
+        put(p, l.cancelled, false_);
+        put(p, l.loop_, loop_.as_ptr());
+        put(p, l.source_traceback, none.as_ptr());
+        put(p, l.repr, none.as_ptr());
+        put(p, l.context, context.as_ptr());
+        if let Some(w) = when {
+            put(p, l.scheduled, false_);
+            put(p, l.when, w.into_pyobject(py)?.as_ptr());
+        }
+    }
+    Ok(obj)
+}
+
+fn ffi_bool(b: bool) -> *mut ffi::PyObject {
+    // SAFETY: the two bool singletons live for the whole interpreter.
+    unsafe {
+        if b {
+            ffi::Py_True()
+        } else {
+            ffi::Py_False()
+        }
+    }
+}
+
+fn read_bool(h: &Bound<'_, PyAny>, off: isize) -> bool {
+    // SAFETY: `h` is a handle made by asyncio's classes (checked by the
+    // callers' construction) and the slot holds a bool or NULL.
+    unsafe { *slot(h.as_ptr(), off) == ffi::Py_True() }
+}
+
+/// `handle._cancelled`.
+pub fn is_cancelled(h: &Bound<'_, PyAny>) -> bool {
+    LAYOUT.get(h.py()).is_some_and(|l| read_bool(h, l.cancelled))
+}
+
+/// `timer._scheduled`; false for anything that is not a TimerHandle, since
+/// Python code can pass any object to `_timer_handle_cancelled`.
+pub fn is_scheduled(h: &Bound<'_, PyAny>) -> bool {
+    LAYOUT.get(h.py()).is_some_and(|l| {
+        h.is_instance(l.timer.bind(h.py())).unwrap_or(false) && read_bool(h, l.scheduled)
+    })
+}
+
+/// Sets `timer._scheduled`, as asyncio does when a timer enters or leaves the heap.
+pub fn set_scheduled(h: &Bound<'_, PyAny>, value: bool) {
+    if let Some(l) = LAYOUT.get(h.py()) {
+        // SAFETY: `h` is a TimerHandle; the slot takes any object.
+        unsafe { put(h.as_ptr(), l.scheduled, ffi_bool(value)) }
+    }
+}
+
+/// Runs the handle's callback in its context: `handle._context.run(callback, *args)`.
+///
+/// Returns the exception the callback raised, if any; reporting it is the caller's job.
+pub fn run(h: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = h.py();
+    let l = layout(py)?;
+    let p = h.as_ptr();
+    // SAFETY: `h` is a handle; strong references are taken, because the
+    // callback may cancel its own handle, which clears these slots.
+    let (ctx, callback, args) = unsafe {
+        let get = |off| Bound::from_borrowed_ptr_or_opt(py, *slot(p, off));
+        (get(l.context), get(l.callback), get(l.args))
+    };
+    let (Some(ctx), Some(callback), Some(args)) = (ctx, callback, args) else {
+        return Ok(());
+    };
+    let args = match args.cast_into::<PyTuple>() {
+        Ok(t) => t,
+        Err(e) => PyTuple::new(py, e.into_inner().try_iter()?.collect::<PyResult<Vec<_>>>()?)?,
+    };
+    // SAFETY: PyContext_Enter type-checks `ctx` and sets an exception on
+    // failure; Exit is called exactly once after a successful Enter.
+    unsafe {
+        if ffi::PyContext_Enter(ctx.as_ptr()) != 0 {
+            return Err(PyErr::fetch(py));
+        }
+        let ret = ffi::PyObject_Call(callback.as_ptr(), args.as_ptr(), std::ptr::null_mut());
+        let result = Bound::from_owned_ptr_or_err(py, ret).map(drop);
+        if ffi::PyContext_Exit(ctx.as_ptr()) != 0 {
+            return Err(PyErr::fetch(py));
+        }
+        result
+    }
+}
+
+/// True for the exceptions asyncio lets escape from a callback.
+pub fn escapes(py: Python<'_>, err: &PyErr) -> bool {
+    err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py)
+}

@@ -1,0 +1,568 @@
+//! The engine: ready queue, timer heap, fd watchers and the iteration that
+//! drives them — asyncio's `BaseEventLoop._run_once`, in Rust.
+//!
+//! The Python class `oxloop.Loop` derives from [`Engine`] and adds asyncio's
+//! pure-Python orchestration (run_until_complete, executors, exception
+//! handler). Locks here are never held while Python code runs: a callback, a
+//! finalizer or a user's selector may call back into the loop at any time.
+
+use super::handle;
+use super::timers::{monotonic, resolution, TimerHeap};
+use super::watchers::{fileobj_to_fd, Side, Watchers};
+use crate::backend::epoll::Epoll;
+use crate::backend::pyselector::PySelector;
+use crate::backend::waker::Waker;
+use crate::backend::{Backend, Event};
+use parking_lot::Mutex;
+use pyo3::exceptions::{PyRuntimeError, PyTypeError};
+use pyo3::ffi;
+use pyo3::gc::PyVisit;
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+use pyo3::PyTraverseError;
+use std::collections::VecDeque;
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// asyncio's `MAXIMUM_SELECT_TIMEOUT`: the longest single wait, in seconds.
+const MAXIMUM_SELECT_TIMEOUT: f64 = 24.0 * 3600.0;
+/// Below this many timers, cancelled ones are only dropped from the heap's head.
+const MIN_SCHEDULED_TIMER_HANDLES: usize = 100;
+
+/// What the iteration works on, behind one lock.
+#[derive(Default)]
+struct State {
+    ready: VecDeque<Py<PyAny>>,
+    timers: TimerHeap<Py<PyAny>>,
+    cancelled_timers: usize,
+    watchers: Watchers,
+}
+
+impl State {
+    /// Empties every queue, returning the handles so they can be released
+    /// once the lock is gone.
+    fn take_all(&mut self) -> Vec<Py<PyAny>> {
+        let mut all: Vec<Py<PyAny>> = self.ready.drain(..).collect();
+        all.extend(self.timers.take_all());
+        all.extend(self.watchers.take_all());
+        self.cancelled_timers = 0;
+        all
+    }
+}
+
+/// The OS side: the backend and the buffer its reports land in.
+struct Io {
+    backend: Box<dyn Backend>,
+    events: Vec<Event>,
+}
+
+/// The native core of every oxloop event loop.
+#[pyclass(subclass, frozen, module = "oxloop._oxloop", name = "Engine")]
+pub struct Engine {
+    state: Mutex<State>,
+    io: Mutex<Option<Io>>,
+    waker: Mutex<Option<Arc<Waker>>>,
+    closed: AtomicBool,
+    stopping: AtomicBool,
+    debug: AtomicBool,
+    /// `threading.get_ident()` of the thread running the loop; 0 when stopped.
+    thread_id: AtomicU64,
+    resolution: f64,
+}
+
+fn closed_error() -> PyErr {
+    PyRuntimeError::new_err("Event loop is closed")
+}
+
+fn current_thread() -> u64 {
+    // SAFETY: plain query of the calling thread's identifier.
+    u64::from(unsafe { ffi::PyThread_get_thread_ident() })
+}
+
+impl Engine {
+    fn check_closed(&self) -> PyResult<()> {
+        if self.closed.load(Relaxed) {
+            Err(closed_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// asyncio's `_check_thread` and `_check_callback`, done in debug mode only.
+    fn debug_checks(slf: &Bound<'_, Self>, callback: &Bound<'_, PyAny>, method: &str, thread: bool) -> PyResult<()> {
+        let this = slf.get();
+        if thread {
+            let owner = this.thread_id.load(Relaxed);
+            if owner != 0 && owner != current_thread() {
+                return Err(PyRuntimeError::new_err(
+                    "Non-thread-safe operation invoked on an event loop other than the current one",
+                ));
+            }
+        }
+        slf.call_method1("_check_callback", (callback, method)).map(drop)
+    }
+
+    /// Makes a handle and appends it to the ready queue.
+    fn schedule_soon<'py>(
+        slf: &Bound<'py, Self>,
+        callback: &Bound<'py, PyAny>,
+        args: &Bound<'py, PyTuple>,
+        context: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let this = slf.get();
+        let h = handle::new(slf.as_any(), callback, args, context, None, this.debug.load(Relaxed))?;
+        this.state.lock().ready.push_back(h.clone().unbind());
+        Ok(h)
+    }
+
+    fn schedule_at<'py>(
+        slf: &Bound<'py, Self>,
+        when: f64,
+        callback: &Bound<'py, PyAny>,
+        args: &Bound<'py, PyTuple>,
+        context: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let this = slf.get();
+        let h = handle::new(slf.as_any(), callback, args, context, Some(when), this.debug.load(Relaxed))?;
+        handle::set_scheduled(&h, true);
+        this.state.lock().timers.push(when, h.clone().unbind());
+        Ok(h)
+    }
+
+    fn with_backend<T>(&self, f: impl FnOnce(&mut dyn Backend) -> io::Result<T>) -> PyResult<T> {
+        let mut io = self.io.lock();
+        let io = io.as_mut().ok_or_else(closed_error)?;
+        f(io.backend.as_mut()).map_err(PyErr::from)
+    }
+
+    /// `_add_reader` / `_add_writer`.
+    fn add_watch<'py>(
+        slf: &Bound<'py, Self>,
+        side: Side,
+        fd: &Bound<'py, PyAny>,
+        callback: &Bound<'py, PyAny>,
+        args: &Bound<'py, PyTuple>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let this = slf.get();
+        this.check_closed()?;
+        let fd = fileobj_to_fd(fd)?;
+        let h = handle::new(slf.as_any(), callback, args, None, None, this.debug.load(Relaxed))?;
+        let old = this.state.lock().watchers.interest(fd);
+        let mut new = old;
+        match side {
+            Side::Read => new.readable = true,
+            Side::Write => new.writable = true,
+        }
+        if new != old {
+            this.with_backend(|b| b.set_interest(fd, old, new))?;
+        }
+        let previous = this.state.lock().watchers.set(fd, side, Some(h.clone().unbind()));
+        if let Some(previous) = previous {
+            previous.bind(slf.py()).call_method0("cancel")?;
+        }
+        Ok(h)
+    }
+
+    /// `_remove_reader` / `_remove_writer`: true when a callback was removed.
+    fn remove_watch(slf: &Bound<'_, Self>, side: Side, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let this = slf.get();
+        if this.closed.load(Relaxed) {
+            return Ok(false);
+        }
+        let fd = fileobj_to_fd(fd)?;
+        let old = this.state.lock().watchers.interest(fd);
+        let mut new = old;
+        match side {
+            Side::Read => new.readable = false,
+            Side::Write => new.writable = false,
+        }
+        if new != old {
+            this.with_backend(|b| b.set_interest(fd, old, new))?;
+        }
+        let removed = this.state.lock().watchers.set(fd, side, None);
+        match removed {
+            Some(h) => h.bind(slf.py()).call_method0("cancel").map(|_| true),
+            None => Ok(false),
+        }
+    }
+
+    /// Drops cancelled timers as asyncio does: all of them once they are
+    /// most of a large heap, otherwise those at its head.
+    fn prune_timers(st: &mut State, py: Python<'_>) -> Vec<Py<PyAny>> {
+        let n = st.timers.len();
+        let dropped = if n > MIN_SCHEDULED_TIMER_HANDLES && st.cancelled_timers * 2 > n {
+            st.cancelled_timers = 0;
+            st.timers.split_off(|t| !handle::is_cancelled(t.bind(py)))
+        } else {
+            let mut dropped = Vec::new();
+            while st.timers.peek().is_some_and(|(_, t)| handle::is_cancelled(t.bind(py))) {
+                st.cancelled_timers = st.cancelled_timers.saturating_sub(1);
+                dropped.extend(st.timers.pop().map(|(_, t)| t));
+            }
+            dropped
+        };
+        for t in &dropped {
+            handle::set_scheduled(t.bind(py), false);
+        }
+        dropped
+    }
+
+    /// How long the next wait may block.
+    fn next_timeout(&self, st: &State) -> Option<Duration> {
+        if !st.ready.is_empty() || self.stopping.load(Relaxed) {
+            return Some(Duration::ZERO);
+        }
+        let (when, _) = st.timers.peek()?;
+        let secs = (when - monotonic()).clamp(0.0, MAXIMUM_SELECT_TIMEOUT);
+        Some(Duration::from_secs_f64(if secs.is_nan() { 0.0 } else { secs }))
+    }
+
+    /// Waits for I/O; returns the reports (the buffer goes back via `give_back`).
+    fn wait(&self, py: Python<'_>, timeout: Option<Duration>) -> PyResult<Vec<Event>> {
+        let wait = || {
+            let mut guard = self.io.lock();
+            let io = guard.as_mut().ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))?;
+            let mut events = std::mem::take(&mut io.events);
+            events.clear();
+            let r = io.backend.wait(timeout, &mut events);
+            r.map(|()| events)
+        };
+        let detached = self.io.lock().as_ref().is_some_and(|io| io.backend.waits_detached());
+        let r = if detached && timeout != Some(Duration::ZERO) { py.detach(wait) } else { wait() };
+        match r {
+            Ok(events) => Ok(events),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                py.check_signals()?;
+                Ok(Vec::new())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn give_back(&self, events: Vec<Event>) {
+        if let Some(io) = self.io.lock().as_mut() {
+            io.events = events;
+        }
+    }
+
+    /// Moves the handles of ready fds and due timers to the ready queue;
+    /// returns the readers/writers found cancelled.
+    fn collect_ready(&self, py: Python<'_>, events: &[Event]) -> Vec<(i32, Side)> {
+        let mut st = self.state.lock();
+        let mut stale = Vec::new();
+        for ev in events {
+            let Some(w) = st.watchers.get(ev.fd) else { continue };
+            let mut due = [None, None];
+            for (i, (fired, side, h)) in
+                [(ev.readable, Side::Read, &w.reader), (ev.writable, Side::Write, &w.writer)].into_iter().enumerate()
+            {
+                if let (true, Some(h)) = (fired, h) {
+                    if handle::is_cancelled(h.bind(py)) {
+                        stale.push((ev.fd, side));
+                    } else {
+                        due[i] = Some(h.clone_ref(py));
+                    }
+                }
+            }
+            st.ready.extend(due.into_iter().flatten());
+        }
+        let end = monotonic() + self.resolution;
+        while let Some(t) = st.timers.pop_due(end) {
+            handle::set_scheduled(t.bind(py), false);
+            st.ready.push_back(t);
+        }
+        stale
+    }
+
+    /// Runs one ready handle, reporting what it raises as asyncio's `Handle._run` does.
+    fn run_handle(slf: &Bound<'_, Self>, h: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        if slf.get().debug.load(Relaxed) {
+            return slf.call_method1("_run_handle_debug", (h,)).map(drop);
+        }
+        match handle::run(h) {
+            Ok(()) => Ok(()),
+            Err(e) if handle::escapes(py, &e) => Err(e),
+            Err(e) => slf.call_method1("_callback_failed", (h, e.value(py))).map(drop),
+        }
+    }
+}
+
+#[pymethods]
+impl Engine {
+    #[new]
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyAny>>) -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            io: Mutex::new(None),
+            waker: Mutex::new(None),
+            closed: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            debug: AtomicBool::new(false),
+            thread_id: AtomicU64::new(0),
+            resolution: resolution(),
+        }
+    }
+
+    /// Opens the backend: the user's `selector` if given, else native epoll.
+    #[pyo3(signature = (selector=None))]
+    fn _open(&self, selector: Option<Py<PyAny>>) -> PyResult<()> {
+        let waker = Arc::new(Waker::new()?);
+        let backend: Box<dyn Backend> = match selector {
+            Some(s) => Box::new(PySelector::new(s, waker.clone())?),
+            None => Box::new(Epoll::new(waker.clone())?),
+        };
+        let old = self.io.lock().replace(Io { backend, events: Vec::new() });
+        if let Some(mut old) = old {
+            old.backend.close();
+        }
+        *self.waker.lock() = Some(waker);
+        Ok(())
+    }
+
+    /// The loop's clock: `time.monotonic()`.
+    fn time(&self) -> f64 {
+        monotonic()
+    }
+
+    #[pyo3(signature = (callback, *args, context=None))]
+    fn call_soon<'py>(
+        slf: &Bound<'py, Self>,
+        callback: &Bound<'py, PyAny>,
+        args: &Bound<'py, PyTuple>,
+        context: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let this = slf.get();
+        this.check_closed()?;
+        if this.debug.load(Relaxed) {
+            Self::debug_checks(slf, callback, "call_soon", true)?;
+        }
+        Self::schedule_soon(slf, callback, args, context)
+    }
+
+    #[pyo3(signature = (callback, *args, context=None))]
+    fn call_soon_threadsafe<'py>(
+        slf: &Bound<'py, Self>,
+        callback: &Bound<'py, PyAny>,
+        args: &Bound<'py, PyTuple>,
+        context: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let this = slf.get();
+        this.check_closed()?;
+        if this.debug.load(Relaxed) {
+            Self::debug_checks(slf, callback, "call_soon_threadsafe", false)?;
+        }
+        let h = Self::schedule_soon(slf, callback, args, context)?;
+        this._write_to_self();
+        Ok(h)
+    }
+
+    #[pyo3(signature = (delay, callback, *args, context=None))]
+    fn call_later<'py>(
+        slf: &Bound<'py, Self>,
+        delay: &Bound<'py, PyAny>,
+        callback: &Bound<'py, PyAny>,
+        args: &Bound<'py, PyTuple>,
+        context: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        if delay.is_none() {
+            return Err(PyTypeError::new_err("delay must not be None"));
+        }
+        let when = monotonic() + delay.extract::<f64>()?;
+        Self::call_at_f64(slf, when, callback, args, context)
+    }
+
+    #[pyo3(signature = (when, callback, *args, context=None))]
+    fn call_at<'py>(
+        slf: &Bound<'py, Self>,
+        when: &Bound<'py, PyAny>,
+        callback: &Bound<'py, PyAny>,
+        args: &Bound<'py, PyTuple>,
+        context: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        if when.is_none() {
+            return Err(PyTypeError::new_err("when cannot be None"));
+        }
+        Self::call_at_f64(slf, when.extract()?, callback, args, context)
+    }
+
+    /// Wakes the loop from another thread (asyncio's self-pipe write).
+    fn _write_to_self(&self) {
+        if let Some(w) = self.waker.lock().as_ref() {
+            w.wake();
+        }
+    }
+
+    /// Called by `TimerHandle.cancel()`: counts cancelled timers still in the heap.
+    fn _timer_handle_cancelled(slf: &Bound<'_, Self>, timer: &Bound<'_, PyAny>) {
+        if handle::is_scheduled(timer) {
+            slf.get().state.lock().cancelled_timers += 1;
+        }
+    }
+
+    #[pyo3(signature = (fd, callback, *args))]
+    fn _add_reader<'py>(
+        slf: &Bound<'py, Self>,
+        fd: &Bound<'py, PyAny>,
+        callback: &Bound<'py, PyAny>,
+        args: &Bound<'py, PyTuple>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        Self::add_watch(slf, Side::Read, fd, callback, args)
+    }
+
+    #[pyo3(signature = (fd, callback, *args))]
+    fn _add_writer<'py>(
+        slf: &Bound<'py, Self>,
+        fd: &Bound<'py, PyAny>,
+        callback: &Bound<'py, PyAny>,
+        args: &Bound<'py, PyTuple>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        Self::add_watch(slf, Side::Write, fd, callback, args)
+    }
+
+    fn _remove_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Self::remove_watch(slf, Side::Read, fd)
+    }
+
+    fn _remove_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Self::remove_watch(slf, Side::Write, fd)
+    }
+
+    /// One iteration: wait for I/O, collect due timers, run what is ready.
+    fn _run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let timeout = {
+            let mut st = this.state.lock();
+            let dropped = Self::prune_timers(&mut st, py);
+            let timeout = this.next_timeout(&st);
+            drop(st);
+            drop(dropped);
+            timeout
+        };
+        let events = this.wait(py, timeout)?;
+        let stale = this.collect_ready(py, &events);
+        this.give_back(events);
+        for (fd, side) in stale {
+            let fd = fd.into_pyobject(py)?.into_any();
+            Self::remove_watch(slf, side, &fd)?;
+        }
+        let ntodo = this.state.lock().ready.len();
+        for _ in 0..ntodo {
+            let Some(h) = this.state.lock().ready.pop_front() else { break };
+            let h = h.into_bound(py);
+            if !handle::is_cancelled(&h) {
+                Self::run_handle(slf, &h)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Iterates until `stop()` is called (the core of `run_forever`).
+    fn _run_until_stopped(slf: &Bound<'_, Self>) -> PyResult<()> {
+        loop {
+            Self::_run_once(slf)?;
+            if slf.get().stopping.load(Relaxed) {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Ends `run_forever` after the current iteration.
+    fn stop(&self) {
+        self.stopping.store(true, Relaxed);
+    }
+
+    fn is_running(&self) -> bool {
+        self.thread_id.load(Relaxed) != 0
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Relaxed)
+    }
+
+    fn get_debug(&self) -> bool {
+        self.debug.load(Relaxed)
+    }
+
+    #[getter(_debug)]
+    fn debug_flag(&self) -> bool {
+        self.debug.load(Relaxed)
+    }
+
+    #[setter(_debug)]
+    fn set_debug_flag(&self, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.debug.store(value.is_truthy()?, Relaxed);
+        Ok(())
+    }
+
+    #[getter(_closed)]
+    fn closed_flag(&self) -> bool {
+        self.closed.load(Relaxed)
+    }
+
+    #[getter(_stopping)]
+    fn stopping_flag(&self) -> bool {
+        self.stopping.load(Relaxed)
+    }
+
+    #[setter(_stopping)]
+    fn set_stopping_flag(&self, value: bool) {
+        self.stopping.store(value, Relaxed);
+    }
+
+    #[getter(_thread_id)]
+    fn thread_id(&self) -> Option<u64> {
+        Some(self.thread_id.load(Relaxed)).filter(|t| *t != 0)
+    }
+
+    #[setter(_thread_id)]
+    fn set_thread_id(&self, value: Option<u64>) {
+        self.thread_id.store(value.unwrap_or(0), Relaxed);
+    }
+
+    /// Marks the loop closed and releases the queues, the backend and the waker.
+    fn _close_engine(&self) {
+        self.closed.store(true, Relaxed);
+        let released = self.state.lock().take_all();
+        drop(released);
+        let io = self.io.lock().take();
+        if let Some(mut io) = io {
+            io.backend.close();
+        }
+        self.waker.lock().take();
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        let Some(st) = self.state.try_lock() else { return Ok(()) };
+        for h in st.ready.iter().chain(st.watchers.handles()).chain(st.timers.iter()) {
+            visit.call(h)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        let released = self.state.try_lock().map(|mut st| st.take_all());
+        drop(released);
+    }
+}
+
+impl Engine {
+    fn call_at_f64<'py>(
+        slf: &Bound<'py, Self>,
+        when: f64,
+        callback: &Bound<'py, PyAny>,
+        args: &Bound<'py, PyTuple>,
+        context: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let this = slf.get();
+        this.check_closed()?;
+        if this.debug.load(Relaxed) {
+            Self::debug_checks(slf, callback, "call_at", true)?;
+        }
+        Self::schedule_at(slf, when, callback, args, context)
+    }
+}

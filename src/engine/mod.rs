@@ -1,0 +1,6 @@
+//! The iteration: ready queue, timers, fd watchers and asyncio's handles.
+
+pub mod handle;
+pub mod loop_;
+pub mod timers;
+pub mod watchers;

@@ -1,0 +1,170 @@
+//! The timer heap and the loop's clock.
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+
+/// Seconds on `CLOCK_MONOTONIC`, the clock `time.monotonic()` reads.
+pub fn monotonic() -> f64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a live timespec; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+/// The resolution of [`monotonic`], in seconds (asyncio's `_clock_resolution`).
+pub fn resolution() -> f64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: as in `monotonic`.
+    unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+struct Entry<T> {
+    when: f64,
+    seq: u64,
+    item: T,
+}
+
+impl<T> PartialEq for Entry<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl<T> Eq for Entry<T> {}
+impl<T> PartialOrd for Entry<T> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl<T> Ord for Entry<T> {
+    /// Reversed, so that `BinaryHeap` (a max-heap) pops the earliest timer;
+    /// equal deadlines pop in the order they were pushed.
+    fn cmp(&self, other: &Self) -> Ordering {
+        other.when.total_cmp(&self.when).then(other.seq.cmp(&self.seq))
+    }
+}
+
+/// Timers ordered by deadline, then by scheduling order.
+pub struct TimerHeap<T> {
+    heap: BinaryHeap<Entry<T>>,
+    seq: u64,
+}
+
+impl<T> Default for TimerHeap<T> {
+    fn default() -> Self {
+        Self { heap: BinaryHeap::new(), seq: 0 }
+    }
+}
+
+impl<T> TimerHeap<T> {
+    /// Schedules `item` at `when` (loop time, seconds).
+    pub fn push(&mut self, when: f64, item: T) {
+        self.seq += 1;
+        self.heap.push(Entry { when, seq: self.seq, item });
+    }
+
+    /// The earliest timer.
+    pub fn peek(&self) -> Option<(f64, &T)> {
+        self.heap.peek().map(|e| (e.when, &e.item))
+    }
+
+    /// Removes the earliest timer.
+    pub fn pop(&mut self) -> Option<(f64, T)> {
+        self.heap.pop().map(|e| (e.when, e.item))
+    }
+
+    /// Removes the earliest timer if it is due before `end`.
+    pub fn pop_due(&mut self, end: f64) -> Option<T> {
+        match self.heap.peek() {
+            Some(e) if e.when < end => self.heap.pop().map(|e| e.item),
+            _ => None,
+        }
+    }
+
+    /// How many timers are scheduled, cancelled ones included.
+    pub fn len(&self) -> usize {
+        self.heap.len()
+    }
+
+    /// Keeps the timers for which `keep` is true and returns the others, so
+    /// the caller can release them outside any lock.
+    pub fn split_off(&mut self, mut keep: impl FnMut(&T) -> bool) -> Vec<T> {
+        let mut dropped = Vec::new();
+        let kept: Vec<Entry<T>> = std::mem::take(&mut self.heap)
+            .into_vec()
+            .into_iter()
+            .filter_map(|e| {
+                if keep(&e.item) {
+                    Some(e)
+                } else {
+                    dropped.push(e.item);
+                    None
+                }
+            })
+            .collect();
+        self.heap = BinaryHeap::from(kept);
+        dropped
+    }
+
+    /// Every timer, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.heap.iter().map(|e| &e.item)
+    }
+
+    /// Removes every timer.
+    pub fn take_all(&mut self) -> Vec<T> {
+        std::mem::take(&mut self.heap).into_vec().into_iter().map(|e| e.item).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pops_in_deadline_then_fifo_order() {
+        let mut h = TimerHeap::default();
+        h.push(3.0, "c");
+        h.push(1.0, "a1");
+        h.push(2.0, "b");
+        h.push(1.0, "a2");
+        let order: Vec<_> = std::iter::from_fn(|| h.pop().map(|(_, x)| x)).collect();
+        assert_eq!(order, ["a1", "a2", "b", "c"]);
+    }
+
+    #[test]
+    fn pop_due_respects_the_end_time() {
+        let mut h = TimerHeap::default();
+        h.push(1.0, 1);
+        h.push(2.0, 2);
+        assert_eq!(h.pop_due(1.0), None);
+        assert_eq!(h.pop_due(1.5), Some(1));
+        assert_eq!(h.pop_due(1.5), None);
+        assert_eq!(h.peek().map(|(w, _)| w), Some(2.0));
+    }
+
+    #[test]
+    fn split_off_keeps_order_and_returns_the_rest() {
+        let mut h = TimerHeap::default();
+        for i in 0..1000 {
+            h.push(f64::from(i % 10), i);
+        }
+        let dropped = h.split_off(|i| i % 2 == 0);
+        assert_eq!(dropped.len(), 500);
+        assert_eq!(h.len(), 500);
+        let mut last = (f64::MIN, -1);
+        while let Some((w, i)) = h.pop() {
+            assert!(i % 2 == 0);
+            assert!((w, i) > last);
+            last = (w, i);
+        }
+    }
+
+    #[test]
+    fn clock_is_monotonic_with_ns_resolution() {
+        let a = monotonic();
+        let b = monotonic();
+        assert!(b >= a);
+        assert!(resolution() <= 1e-6);
+    }
+}
