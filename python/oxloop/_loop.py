@@ -11,10 +11,13 @@ messages and version differences are asyncio's by construction.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import socket
 import sys
 import threading
+import time
+import warnings
 import weakref
 from asyncio import base_events, events, format_helpers, selector_events, unix_events
 
@@ -23,6 +26,11 @@ from ._oxloop import Engine
 __all__ = ("Loop", "SelectorEventLoop", "new_event_loop")
 
 logger = logging.getLogger("asyncio")
+
+# Patch releases of 3.12 added the `debug` parameter asyncio's Handle passes.
+_FORMAT_TAKES_DEBUG = (
+    "debug" in inspect.signature(format_helpers._format_callback_source).parameters
+)
 
 # Pure-Python methods of asyncio's loops whose only dependencies are the
 # primitives `Engine` provides (and the attributes `Loop.__init__` sets).
@@ -57,9 +65,13 @@ _ADOPTED = {
         "call_exception_handler",
         "_set_coroutine_origin_tracking",
         "set_debug",
+        "_add_callback_signalsafe",
         "__del__",
     ),
     selector_events.BaseSelectorEventLoop: (
+        "_make_self_pipe",
+        "_close_self_pipe",
+        "_read_from_self",
         "_ensure_fd_no_transport",
         "add_reader",
         "remove_reader",
@@ -84,8 +96,14 @@ _ADOPTED = {
         "_sock_connect_cb",
         "sock_accept",
         "_sock_accept",
+        "_stop_serving",
     ),
     unix_events._UnixSelectorEventLoop: (
+        "_process_self_data",
+        "add_signal_handler",
+        "_handle_signal",
+        "remove_signal_handler",
+        "_check_signal",
         "_sock_sendfile_native",
         "_sock_sendfile_native_impl",
         "_sock_sendfile_update_filepos",
@@ -110,6 +128,8 @@ class Loop(Engine, asyncio.AbstractEventLoop):
 
     def _init_loop(self, selector):
         self._open(selector)
+        self._selector = selector
+        self._clock_resolution = time.get_clock_info("monotonic").resolution
         self._default_executor = None
         self._exception_handler = None
         self.set_debug(asyncio.coroutines._is_debug_mode())
@@ -123,6 +143,10 @@ class Loop(Engine, asyncio.AbstractEventLoop):
         self._executor_shutdown_called = False
         self._old_agen_hooks = None
         self._transports = weakref.WeakValueDictionary()
+        self._internal_fds = 0
+        self._signal_handlers = {}
+        # The socket pair signal.set_wakeup_fd() writes signal numbers to.
+        self._make_self_pipe()
 
     # -- running -----------------------------------------------------------
 
@@ -164,18 +188,30 @@ class Loop(Engine, asyncio.AbstractEventLoop):
             return
         if self._debug:
             logger.debug("Close %r", self)
+        self._close_self_pipe()
         self._close_engine()
         self._executor_shutdown_called = True
         executor = self._default_executor
         if executor is not None:
             self._default_executor = None
             executor.shutdown(wait=False)
+        if not sys.is_finalizing():
+            for sig in list(self._signal_handlers):
+                self.remove_signal_handler(sig)
+        elif self._signal_handlers:
+            warnings.warn(
+                f"Closing the loop {self!r} on interpreter shutdown stage, "
+                "skipping signal handlers removal",
+                ResourceWarning,
+                source=self,
+            )
+            self._signal_handlers.clear()
 
     # -- callbacks (called by the engine) ------------------------------------
 
     def _callback_failed(self, handle, exc):
         """Report what a callback raised, as asyncio's `Handle._run` does."""
-        if sys.version_info >= (3, 12):
+        if _FORMAT_TAKES_DEBUG:
             cb = format_helpers._format_callback_source(
                 handle._callback, handle._args, debug=self.get_debug()
             )
@@ -199,6 +235,9 @@ class Loop(Engine, asyncio.AbstractEventLoop):
                 )
         finally:
             self._current_handle = None
+        # A traceback of the callback can keep this frame alive: drop the
+        # handle, as asyncio's Handle._run does with `self = None`.
+        handle = None
 
     # -- name resolution -----------------------------------------------------
 

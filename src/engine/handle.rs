@@ -178,6 +178,11 @@ pub fn set_scheduled(h: &Bound<'_, PyAny>, value: bool) {
     }
 }
 
+/// Whether `obj` is an asyncio Handle (so its slots may be read).
+pub fn is_handle(obj: &Bound<'_, PyAny>) -> PyResult<bool> {
+    obj.is_instance(layout(obj.py())?.handle.bind(obj.py()))
+}
+
 /// Runs the handle's callback in its context: `handle._context.run(callback, *args)`.
 ///
 /// Returns the exception the callback raised, if any; reporting it is the caller's job.

@@ -396,6 +396,18 @@ impl Engine {
         }
     }
 
+    /// Appends an existing handle to the ready queue unless it is cancelled
+    /// (asyncio's `_add_callback`, used for signal handlers).
+    fn _add_callback(&self, h: &Bound<'_, PyAny>) -> PyResult<()> {
+        if !handle::is_handle(h)? {
+            return Err(PyTypeError::new_err("an asyncio.Handle was expected"));
+        }
+        if !handle::is_cancelled(h) {
+            self.state.lock().ready.push_back(h.clone().unbind());
+        }
+        Ok(())
+    }
+
     /// Called by `TimerHandle.cancel()`: counts cancelled timers still in the heap.
     fn _timer_handle_cancelled(slf: &Bound<'_, Self>, timer: &Bound<'_, PyAny>) {
         if handle::is_scheduled(timer) {

@@ -1,0 +1,41 @@
+"""Every behaviour test runs on each oxloop flavour and on asyncio's own loop,
+the reference: a test that fails on asyncio is a wrong test."""
+
+from __future__ import annotations
+
+import asyncio
+import selectors
+
+import pytest
+
+import oxloop
+
+FLAVOURS = {
+    "asyncio": asyncio.SelectorEventLoop,
+    "oxloop": oxloop.new_event_loop,
+    "oxloop-select": lambda: oxloop.SelectorEventLoop(selectors.SelectSelector()),
+    "oxloop-poll": lambda: oxloop.SelectorEventLoop(selectors.PollSelector()),
+}
+
+
+@pytest.fixture(params=list(FLAVOURS))
+def flavour(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def loop_factory(flavour):
+    return FLAVOURS[flavour]
+
+
+@pytest.fixture
+def loop(loop_factory):
+    loop = loop_factory()
+    yield loop
+    if not loop.is_closed():
+        loop.close()
+
+
+@pytest.fixture
+def is_oxloop(flavour) -> bool:
+    return flavour.startswith("oxloop")

@@ -1,0 +1,141 @@
+"""Runs one module of CPython's test.test_asyncio with oxloop as the loop under test.
+
+Invoked by `runner.py` (one process per module); prints nothing of its own but
+writes one JSON line per event to --out: {"start": id} before a test and
+{"id": id, "outcome": ...} after it, so the parent knows where a hang was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import faulthandler
+import json
+import sys
+import unittest
+
+import oxloop
+
+
+def use_oxloop() -> None:
+    """Make every loop asyncio creates in this process an oxloop loop."""
+    asyncio.DefaultEventLoopPolicy = oxloop.EventLoopPolicy
+    asyncio.SelectorEventLoop = oxloop.SelectorEventLoop
+    asyncio.unix_events.SelectorEventLoop = oxloop.SelectorEventLoop
+    asyncio.unix_events.DefaultEventLoopPolicy = oxloop.EventLoopPolicy
+    if hasattr(asyncio, "EventLoop"):
+        asyncio.EventLoop = oxloop.Loop
+        asyncio.unix_events.EventLoop = oxloop.Loop
+    asyncio.set_event_loop_policy(None)
+
+
+def add_native_tests(module) -> None:
+    """test_events: run its loop tests on oxloop's native backend too (its own
+    classes then cover the user-selector backend through SelectorEventLoop)."""
+    mixin = getattr(module, "UnixEventLoopTestsMixin", None)
+    if mixin is None:
+        return
+    from test.test_asyncio import utils as test_utils
+
+    class OxloopNativeEventLoopTests(mixin, test_utils.TestCase):
+        def create_event_loop(self):
+            return oxloop.new_event_loop()
+
+    OxloopNativeEventLoopTests.__module__ = module.__name__
+    module.OxloopNativeEventLoopTests = OxloopNativeEventLoopTests
+
+
+class Recorder(unittest.TestResult):
+    """Streams each test's outcome to a file as it happens."""
+
+    def __init__(self, out, timeout: float):
+        super().__init__()
+        self.out = out
+        self.timeout = timeout
+        self.failed_subtests: set[str] = set()
+
+    def emit(self, **record) -> None:
+        self.out.write(json.dumps(record) + "\n")
+        self.out.flush()
+
+    def startTest(self, test):
+        super().startTest(test)
+        self.emit(start=test.id())
+        faulthandler.dump_traceback_later(self.timeout, exit=True)
+
+    def stopTest(self, test):
+        faulthandler.cancel_dump_traceback_later()
+        super().stopTest(test)
+
+    def addSuccess(self, test):
+        outcome = "fail" if test.id() in self.failed_subtests else "pass"
+        self.emit(id=test.id(), outcome=outcome)
+
+    def _failed(self, test, err):
+        self.emit(id=test.id(), outcome="fail", detail=self._exc_info_to_string(err, test)[-3000:])
+
+    def addFailure(self, test, err):
+        super().addFailure(test, err)
+        self._failed(test, err)
+
+    def addError(self, test, err):
+        super().addError(test, err)
+        self._failed(test, err)
+
+    def addSubTest(self, test, subtest, err):
+        super().addSubTest(test, subtest, err)
+        if err is not None:
+            self.failed_subtests.add(test.id())
+            print(self._exc_info_to_string(err, test)[-3000:], file=sys.stderr)
+
+    def addSkip(self, test, reason):
+        super().addSkip(test, reason)
+        self.emit(id=test.id(), outcome="skip", detail=reason)
+
+    def addExpectedFailure(self, test, err):
+        super().addExpectedFailure(test, err)
+        self.emit(id=test.id(), outcome="pass")
+
+    def addUnexpectedSuccess(self, test):
+        super().addUnexpectedSuccess(test)
+        self.emit(id=test.id(), outcome="fail", detail="unexpected success")
+
+
+def flatten(suite):
+    for item in suite:
+        if isinstance(item, unittest.TestSuite):
+            yield from flatten(item)
+        else:
+            yield item
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("module")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--skip", default=None, help="file with test ids not to run")
+    parser.add_argument("--timeout", type=float, default=30.0)
+    opts = parser.parse_args()
+
+    use_oxloop()
+    name = f"test.test_asyncio.{opts.module}"
+    module = __import__(name, fromlist=["*"])
+    add_native_tests(module)
+    skip = set()
+    if opts.skip:
+        with open(opts.skip) as f:
+            skip = {line.strip() for line in f if line.strip()}
+    tests = [
+        t
+        for t in flatten(unittest.defaultTestLoader.loadTestsFromModule(module))
+        if t.id() not in skip
+    ]
+    with open(opts.out, "a") as out:
+        result = Recorder(out, opts.timeout)
+        # Errors in fixtures (setUpClass, setUpModule) reach addError too.
+        unittest.TestSuite(tests).run(result)
+        result.emit(done=True)
+
+
+if __name__ == "__main__":
+    main()

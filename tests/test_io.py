@@ -1,0 +1,249 @@
+"""add_reader / add_writer and the sock_* coroutines."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import tempfile
+
+import pytest
+
+
+def test_reader_is_level_triggered_and_removable(loop):
+    r, w = socket.socketpair()
+    r.setblocking(False)
+    seen = []
+
+    def on_read():
+        seen.append(r.recv(1))
+        if len(seen) == 3:
+            assert loop.remove_reader(r) is True
+            loop.stop()
+
+    loop.add_reader(r.fileno(), on_read)
+    w.send(b"abc")
+    loop.run_forever()
+    assert seen == [b"a", b"b", b"c"]
+    assert loop.remove_reader(r) is False
+    r.close()
+    w.close()
+
+
+def test_writer_and_file_objects(loop):
+    r, w = socket.socketpair()
+    fired = []
+    loop.add_writer(w, lambda: (fired.append("w"), loop.remove_writer(w), loop.stop()))
+    loop.run_forever()
+    assert fired == ["w"]
+    assert loop.remove_writer(w.fileno()) is False
+    r.close()
+    w.close()
+
+
+def test_reader_and_writer_on_one_fd(loop):
+    r, w = socket.socketpair()
+    events = []
+
+    def on_write():
+        events.append("write")
+        loop.remove_writer(r)
+        w.send(b"x")
+
+    def on_read():
+        events.append("read")
+        loop.remove_reader(r)
+        loop.stop()
+
+    loop.add_reader(r, on_read)
+    loop.add_writer(r, on_write)
+    loop.run_forever()
+    assert events == ["write", "read"]
+    r.close()
+    w.close()
+
+
+def test_replacing_a_reader_cancels_the_old_handle(loop):
+    r, w = socket.socketpair()
+    loop.add_reader(r, print)
+    calls = []
+    loop.add_reader(r, lambda: (calls.append(r.recv(10)), loop.stop()))
+    w.send(b"hi")
+    loop.run_forever()
+    assert calls == [b"hi"]
+    assert loop.remove_reader(r)
+    r.close()
+    w.close()
+
+
+def test_pipes_are_watched(loop):
+    rfd, wfd = os.pipe()
+    os.set_blocking(rfd, False)
+    got = []
+    loop.add_reader(rfd, lambda: (got.append(os.read(rfd, 100)), loop.stop()))
+    os.write(wfd, b"through a pipe")
+    loop.run_forever()
+    assert got == [b"through a pipe"]
+    loop.remove_reader(rfd)
+    os.close(rfd)
+    os.close(wfd)
+
+
+def test_remove_after_close_returns_false(loop):
+    r, w = socket.socketpair()
+    loop.add_reader(r, print)
+    loop.close()
+    assert loop.remove_reader(r) is False
+    assert loop.remove_writer(r) is False
+    with pytest.raises(RuntimeError, match="Event loop is closed"):
+        loop.add_reader(r, print)
+    r.close()
+    w.close()
+
+
+def test_sock_ping_pong(loop):
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+
+    async def main():
+        for i in range(100):
+            msg = f"ping {i}".encode()
+            await loop.sock_sendall(a, msg)
+            assert await loop.sock_recv(b, 100) == msg
+        big = os.urandom(4 * 1024 * 1024)
+        sender = asyncio.ensure_future(loop.sock_sendall(a, big))
+        got = bytearray()
+        buf = bytearray(65536)
+        while len(got) < len(big):
+            n = await loop.sock_recv_into(b, buf)
+            got += buf[:n]
+        await sender
+        assert bytes(got) == big
+
+    loop.run_until_complete(main())
+    a.close()
+    b.close()
+
+
+def test_sock_accept_connect(loop):
+    srv = socket.create_server(("127.0.0.1", 0))
+    srv.setblocking(False)
+    port = srv.getsockname()[1]
+
+    async def main():
+        cli = socket.socket()
+        cli.setblocking(False)
+        accept = asyncio.ensure_future(loop.sock_accept(srv))
+        await loop.sock_connect(cli, ("localhost", port))
+        conn, addr = await accept
+        conn.setblocking(False)
+        await loop.sock_sendall(cli, b"hello")
+        assert await loop.sock_recv(conn, 5) == b"hello"
+        conn.close()
+        cli.close()
+
+    loop.run_until_complete(main())
+    srv.close()
+
+
+def test_sock_udp(loop):
+    a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for s in (a, b):
+        s.setblocking(False)
+        s.bind(("127.0.0.1", 0))
+
+    async def main():
+        await loop.sock_sendto(a, b"dgram", b.getsockname())
+        data, addr = await loop.sock_recvfrom(b, 100)
+        assert (data, addr) == (b"dgram", a.getsockname())
+        await loop.sock_sendto(b, b"back", a.getsockname())
+        buf = bytearray(10)
+        n, addr = await loop.sock_recvfrom_into(a, buf)
+        assert bytes(buf[:n]) == b"back"
+
+    loop.run_until_complete(main())
+    a.close()
+    b.close()
+
+
+def test_cancelled_sock_recv_loses_no_data_and_no_registration(loop):
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+
+    async def main():
+        t = asyncio.ensure_future(loop.sock_recv(b, 100))
+        await asyncio.sleep(0.01)
+        t.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await t
+        assert loop.remove_reader(b) is False
+        a.send(b"kept")
+        assert await loop.sock_recv(b, 100) == b"kept"
+
+    loop.run_until_complete(main())
+    a.close()
+    b.close()
+
+
+def test_blocking_socket_is_refused_in_debug(loop):
+    a, b = socket.socketpair()
+    loop.set_debug(True)
+    with pytest.raises(ValueError, match="non-blocking"):
+        loop.run_until_complete(loop.sock_recv(a, 1))
+    a.close()
+    b.close()
+
+
+def test_sock_sendfile(loop):
+    srv = socket.create_server(("127.0.0.1", 0))
+    payload = os.urandom(256 * 1024)
+
+    async def main():
+        cli = socket.socket()
+        cli.setblocking(False)
+        await loop.sock_connect(cli, srv.getsockname())
+        conn, _ = await loop.run_in_executor(None, srv.accept)
+        with tempfile.TemporaryFile() as f:
+            f.write(payload)
+            f.seek(0)
+            reader = loop.run_in_executor(None, _recv_all, conn, len(payload))
+            sent = await loop.sock_sendfile(cli, f)
+            assert sent == len(payload)
+            assert await reader == payload
+        cli.close()
+        conn.close()
+
+    loop.run_until_complete(main())
+    srv.close()
+
+
+def _recv_all(sock, n):
+    data = b""
+    while len(data) < n:
+        data += sock.recv(n - len(data))
+    return data
+
+
+def test_getaddrinfo_and_getnameinfo(loop, is_oxloop):
+    async def main():
+        numeric = await loop.getaddrinfo("127.0.0.1", 80, type=socket.SOCK_STREAM)
+        assert numeric == socket.getaddrinfo("127.0.0.1", 80, type=socket.SOCK_STREAM)
+        named = await loop.getaddrinfo("localhost", "80", type=socket.SOCK_STREAM)
+        assert named == socket.getaddrinfo("localhost", "80", type=socket.SOCK_STREAM)
+        assert await loop.getnameinfo(("127.0.0.1", 80), socket.NI_NUMERICHOST) == (
+            "127.0.0.1",
+            socket.getnameinfo(("127.0.0.1", 80), socket.NI_NUMERICHOST)[1],
+        )
+        with pytest.raises(socket.gaierror):
+            await loop.getaddrinfo("256.256.256.256.invalid.", 80, flags=socket.AI_NUMERICHOST)
+
+    executor_before = getattr(loop, "_default_executor", None)
+    assert executor_before is None
+    if is_oxloop:
+        # numeric hosts are answered without a thread hop
+        loop.run_until_complete(loop.getaddrinfo("::1", 443))
+        assert loop._default_executor is None
+    loop.run_until_complete(main())

@@ -1,0 +1,329 @@
+"""call_soon / call_later / call_at / call_soon_threadsafe, handles, run/stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import sys
+import threading
+import time
+
+import pytest
+
+
+def test_loop_type_and_module(loop, is_oxloop):
+    assert isinstance(loop, asyncio.AbstractEventLoop)
+    if is_oxloop:
+        assert type(loop).__module__.split(".")[0] == "oxloop"
+
+
+def test_call_soon_runs_in_fifo_order_with_args(loop):
+    calls = []
+    for i in range(5):
+        loop.call_soon(calls.append, i)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert calls == [0, 1, 2, 3, 4]
+
+
+def test_callbacks_added_while_running_wait_for_next_iteration(loop):
+    calls = []
+
+    def first():
+        calls.append("first")
+        loop.call_soon(calls.append, "nested")
+        loop.stop()
+
+    loop.call_soon(first)
+    loop.call_soon(calls.append, "second")
+    loop.run_forever()
+    assert calls == ["first", "second"]
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert calls == ["first", "second", "nested"]
+
+
+def test_handles_are_asyncio_handles(loop):
+    h = loop.call_soon(print)
+    t = loop.call_later(10, print)
+    assert isinstance(h, asyncio.Handle) and not isinstance(h, asyncio.TimerHandle)
+    assert isinstance(t, asyncio.TimerHandle)
+    assert "print" in repr(h)
+    assert not h.cancelled()
+    h.cancel()
+    assert h.cancelled()
+    assert t.when() == pytest.approx(loop.time() + 10, abs=0.5)
+    t.cancel()
+    assert t.cancelled()
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="Handle.get_context is 3.12+")
+def test_handle_get_context(loop):
+    ctx = contextvars.copy_context()
+    assert loop.call_soon(print, context=ctx).get_context() is ctx
+    assert loop.call_later(1, print, context=ctx).get_context() is ctx
+
+
+def test_cancelled_callbacks_do_not_run(loop):
+    calls = []
+    h = loop.call_soon(calls.append, 1)
+    t = loop.call_later(0, calls.append, 2)
+    h.cancel()
+    t.cancel()
+    loop.call_later(0.01, loop.stop)
+    loop.run_forever()
+    assert calls == []
+
+
+def test_timers_fire_in_deadline_order_and_never_early(loop):
+    fired = []
+    start = loop.time()
+    for delay in (0.03, 0.01, 0.02, 0.01):
+        loop.call_later(delay, lambda d=delay: fired.append((d, loop.time() - start)))
+    loop.call_later(0.05, loop.stop)
+    loop.run_forever()
+    assert [d for d, _ in fired] == [0.01, 0.01, 0.02, 0.03]
+    for delay, elapsed in fired:
+        assert elapsed >= delay
+
+
+def test_call_at_uses_loop_time(loop):
+    fired = []
+    when = loop.time() + 0.01
+    h = loop.call_at(when, lambda: fired.append(loop.time()))
+    assert h.when() == when
+    loop.call_at(when + 0.01, loop.stop)
+    loop.run_forever()
+    assert fired and fired[0] >= when
+
+
+def test_time_is_monotonic_clock(loop):
+    before = time.monotonic()
+    now = loop.time()
+    after = time.monotonic()
+    assert before <= now <= after
+
+
+def test_context_argument_is_used(loop):
+    var = contextvars.ContextVar("var", default="default")
+    ctx = contextvars.copy_context()
+    ctx.run(var.set, "in-ctx")
+    seen = []
+    loop.call_soon(lambda: seen.append(var.get()), context=ctx)
+    loop.call_later(0, lambda: seen.append(var.get()), context=ctx)
+    loop.call_soon(lambda: seen.append(var.get()))
+    loop.call_later(0.01, loop.stop)
+    loop.run_forever()
+    assert sorted(seen) == ["default", "in-ctx", "in-ctx"]
+
+
+def test_call_soon_threadsafe_wakes_a_blocked_loop(loop):
+    got = []
+
+    def worker():
+        time.sleep(0.05)
+        loop.call_soon_threadsafe(got.append, threading.get_ident())
+        loop.call_soon_threadsafe(loop.stop)
+
+    loop.call_later(30, loop.stop)  # a safety net, never reached
+    t = threading.Thread(target=worker)
+    t.start()
+    loop.run_forever()
+    t.join()
+    assert got == [t.ident]
+
+
+def test_call_soon_threadsafe_burst_from_threads(loop):
+    n, threads = 2000, 4
+    got = []
+    done = threading.Barrier(threads + 1)
+
+    def worker(k):
+        for i in range(n):
+            loop.call_soon_threadsafe(got.append, (k, i))
+        done.wait()
+
+    async def main():
+        ts = [threading.Thread(target=worker, args=(k,)) for k in range(threads)]
+        for t in ts:
+            t.start()
+        await loop.run_in_executor(None, done.wait)
+        for t in ts:
+            t.join()
+        await asyncio.sleep(0)
+
+    loop.run_until_complete(main())
+    assert len(got) == n * threads
+    for k in range(threads):
+        assert [i for kk, i in got if kk == k] == list(range(n))
+
+
+def test_stop_before_run_forever_runs_one_iteration(loop):
+    calls = []
+    loop.call_soon(calls.append, 1)
+    loop.stop()
+    loop.run_forever()
+    assert calls == [1]
+    assert not loop.is_running()
+
+
+def test_run_until_complete_returns_and_raises(loop):
+    async def ok():
+        await asyncio.sleep(0)
+        return 42
+
+    async def bad():
+        raise ValueError("boom")
+
+    assert loop.run_until_complete(ok()) == 42
+    with pytest.raises(ValueError, match="boom"):
+        loop.run_until_complete(bad())
+
+
+def test_run_until_complete_stopped_early(loop):
+    async def forever():
+        await asyncio.sleep(3600)
+
+    loop.call_soon(loop.stop)
+    task = loop.create_task(forever())
+    with pytest.raises(RuntimeError, match="Event loop stopped before Future completed"):
+        loop.run_until_complete(task)
+    task.cancel()
+    loop.run_until_complete(asyncio.gather(task, return_exceptions=True))
+
+
+def test_is_running_and_running_loop(loop):
+    seen = []
+
+    async def main():
+        seen.append((loop.is_running(), asyncio.get_running_loop() is loop))
+
+    loop.run_until_complete(main())
+    assert seen == [(True, True)]
+    assert not loop.is_running()
+
+
+def test_nested_run_is_refused(loop):
+    async def main():
+        with pytest.raises(RuntimeError, match="already running"):
+            loop.run_until_complete(asyncio.sleep(0))
+        with pytest.raises(RuntimeError, match="already running"):
+            loop.run_forever()
+
+    loop.run_until_complete(main())
+
+
+def test_running_another_loop_inside_is_refused(loop, loop_factory):
+    other = loop_factory()
+    try:
+
+        async def main():
+            with pytest.raises(RuntimeError, match="another loop is running"):
+                other.run_until_complete(asyncio.sleep(0))
+
+        loop.run_until_complete(main())
+    finally:
+        other.close()
+
+
+def test_closed_loop_refuses_work(loop):
+    loop.close()
+    assert loop.is_closed()
+    loop.close()  # a second close is a no-op
+    coro = asyncio.sleep(0)
+    for call in (
+        lambda: loop.call_soon(print),
+        lambda: loop.call_later(1, print),
+        lambda: loop.call_at(1, print),
+        lambda: loop.call_soon_threadsafe(print),
+        lambda: loop.run_forever(),
+        lambda: loop.run_until_complete(coro),
+        lambda: loop.create_task(coro),
+    ):
+        with pytest.raises(RuntimeError, match="Event loop is closed"):
+            call()
+    coro.close()
+
+
+def test_closing_a_running_loop_is_refused(loop):
+    async def main():
+        with pytest.raises(RuntimeError, match="Cannot close a running event loop"):
+            loop.close()
+
+    loop.run_until_complete(main())
+
+
+def test_tasks_names_context_and_factory(loop):
+    var = contextvars.ContextVar("v", default=0)
+    ctx = contextvars.copy_context()
+    ctx.run(var.set, 7)
+
+    async def get():
+        return var.get()
+
+    async def main():
+        t = loop.create_task(get(), name="worker", context=ctx)
+        assert t.get_name() == "worker"
+        assert isinstance(t, asyncio.Task)
+        return await t
+
+    assert loop.run_until_complete(main()) == 7
+    assert loop.get_task_factory() is None
+    made = []
+
+    def factory(lp, coro, **kw):
+        made.append(coro)
+        return asyncio.Task(coro, loop=lp, **kw)
+
+    loop.set_task_factory(factory)
+    assert loop.get_task_factory() is factory
+    assert loop.run_until_complete(get()) == 0
+    assert len(made) == 1
+    with pytest.raises(TypeError):
+        loop.set_task_factory(42)
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="eager tasks are 3.12+")
+def test_eager_task_factory(loop):
+    order = []
+
+    async def child():
+        order.append("child-start")
+        await asyncio.sleep(0)
+
+    async def main():
+        t = asyncio.create_task(child())
+        order.append("after-create")
+        await t
+
+    loop.set_task_factory(asyncio.eager_task_factory)
+    loop.run_until_complete(main())
+    assert order == ["child-start", "after-create"]
+
+
+def test_many_cancelled_timers_are_released(loop):
+    import tracemalloc
+
+    async def main():
+        for _ in range(1000):
+            for _ in range(1000):
+                loop.call_later(3600, print).cancel()
+            await asyncio.sleep(0)
+
+    tracemalloc.start()
+    try:
+        loop.run_until_complete(main())
+        loop.run_until_complete(asyncio.sleep(0))
+        current, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # A million kept handles would hold well over 100 MB.
+    assert current < 20 * 1024 * 1024
+
+
+def test_asyncio_run_with_loop_factory(loop_factory):
+    async def main():
+        return type(asyncio.get_running_loop())
+
+    kind = asyncio.run(main(), loop_factory=loop_factory)
+    assert issubclass(kind, asyncio.AbstractEventLoop)
