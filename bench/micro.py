@@ -45,7 +45,7 @@ def b_call_soon(loop, n):
 
 
 def b_call_later_fire(loop, n):
-    for i in range(n):
+    for _ in range(n):
         loop.call_later(0, noop)
     loop.call_later(0, loop.stop)
     loop.run_forever()
@@ -244,14 +244,15 @@ def main() -> int:
             for _ in range(opts.repeat):
                 out = subprocess.run(
                     [sys.executable, __file__, "--child", name, bench, "--scale", str(opts.scale)],
-                    capture_output=True, text=True, check=True, env=dict(os.environ),
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                    env=dict(os.environ),
                 )
                 samples.append(float(out.stdout.strip()))
             row[name] = statistics.median(samples)
         medians[bench] = row
-        cells = "".join(
-            f"{row[name]:>12,.0f} ({row[name] / row[base]:4.2f}x)" for name in loops
-        )
+        cells = "".join(f"{row[name]:>12,.0f} ({row[name] / row[base]:4.2f}x)" for name in loops)
         print(f"{bench:<24}{cells}", flush=True)
     if opts.json:
         with open(opts.json, "w") as f:

@@ -6,9 +6,8 @@ from __future__ import annotations
 import asyncio
 import selectors
 
-import pytest
-
 import oxloop
+import pytest
 
 FLAVOURS = {
     "asyncio": asyncio.SelectorEventLoop,

@@ -14,9 +14,8 @@ import threading
 import time
 import warnings
 
-import pytest
-
 import oxloop
+import pytest
 
 
 def test_slow_callback_is_logged_in_debug_mode(loop, caplog):
@@ -67,7 +66,9 @@ def test_unclosed_loop_warns(loop_factory):
 def test_debug_from_environment(how):
     env = dict(os.environ, PYTHONASYNCIODEBUG="1")
     code = "import oxloop; print(oxloop.new_event_loop().get_debug())"
-    out = subprocess.run([sys.executable, *how, "-c", code], env=env, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, *how, "-c", code], env=env, capture_output=True, text=True
+    )
     expected = "True" if how == ["-X", "dev"] else "False"
     assert out.stdout.strip() == expected, out.stderr
 

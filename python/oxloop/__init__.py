@@ -1,8 +1,8 @@
 """oxloop: an asyncio event loop with its engine in Rust.
 
-    asyncio.run(main(), loop_factory=oxloop.new_event_loop)
-    oxloop.run(main())
-    asyncio.set_event_loop_policy(oxloop.EventLoopPolicy())
+asyncio.run(main(), loop_factory=oxloop.new_event_loop)
+oxloop.run(main())
+asyncio.set_event_loop_policy(oxloop.EventLoopPolicy())
 """
 
 from ._loop import Loop, SelectorEventLoop, new_event_loop

@@ -204,6 +204,7 @@ class Loop(Engine, asyncio.AbstractEventLoop):
                 "skipping signal handlers removal",
                 ResourceWarning,
                 source=self,
+                stacklevel=2,
             )
             self._signal_handlers.clear()
 
@@ -285,6 +286,9 @@ class SelectorEventLoop(Loop):
 
     def __init__(self, selector=None):
         self._init_loop(selector)
+
+
+Loop.__module__ = SelectorEventLoop.__module__ = "oxloop"
 
 
 def new_event_loop() -> Loop:

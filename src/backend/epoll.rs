@@ -54,7 +54,10 @@ impl Epoll {
 
     fn ctl(&mut self, op: libc::c_int, fd: RawFd, events: u32) -> io::Result<()> {
         let epfd = self.epfd.as_ref().ok_or_else(closed)?.as_raw_fd();
-        let mut ev = libc::epoll_event { events, u64: fd as u64 };
+        let mut ev = libc::epoll_event {
+            events,
+            u64: fd as u64,
+        };
         // SAFETY: `ev` is a live epoll_event for the duration of the call.
         check(unsafe { libc::epoll_ctl(epfd, op, fd, &mut ev) }).map(drop)
     }
@@ -139,16 +142,30 @@ mod tests {
         let mut fds = [0; 2];
         // SAFETY: `fds` has room for the two descriptors.
         let r = unsafe {
-            libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0, fds.as_mut_ptr())
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_STREAM | libc::SOCK_NONBLOCK,
+                0,
+                fds.as_mut_ptr(),
+            )
         };
         assert_eq!(r, 0);
         // SAFETY: both fds were just created and are owned here.
         unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
     }
 
-    const R: Interest = Interest { readable: true, writable: false };
-    const W: Interest = Interest { readable: false, writable: true };
-    const NONE: Interest = Interest { readable: false, writable: false };
+    const R: Interest = Interest {
+        readable: true,
+        writable: false,
+    };
+    const W: Interest = Interest {
+        readable: false,
+        writable: true,
+    };
+    const NONE: Interest = Interest {
+        readable: false,
+        writable: false,
+    };
 
     #[test]
     fn reports_readiness_level_triggered() {
@@ -160,11 +177,21 @@ mod tests {
         ep.wait(Some(Duration::ZERO), &mut evs).unwrap();
         assert!(evs.is_empty());
         // SAFETY: writes one byte from a static buffer.
-        assert_eq!(unsafe { libc::write(b.as_raw_fd(), b"x".as_ptr().cast(), 1) }, 1);
+        assert_eq!(
+            unsafe { libc::write(b.as_raw_fd(), b"x".as_ptr().cast(), 1) },
+            1
+        );
         for _ in 0..2 {
             evs.clear();
             ep.wait(Some(Duration::from_secs(1)), &mut evs).unwrap();
-            assert_eq!(evs, vec![Event { fd: a.as_raw_fd(), readable: true, writable: false }]);
+            assert_eq!(
+                evs,
+                vec![Event {
+                    fd: a.as_raw_fd(),
+                    readable: true,
+                    writable: false
+                }]
+            );
         }
         ep.set_interest(a.as_raw_fd(), R, W).unwrap();
         evs.clear();

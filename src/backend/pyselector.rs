@@ -21,18 +21,24 @@ pub struct PySelector {
 }
 
 fn mask(interest: Interest) -> u8 {
-    (if interest.readable { EVENT_READ } else { 0 }) | (if interest.writable { EVENT_WRITE } else { 0 })
+    (if interest.readable { EVENT_READ } else { 0 })
+        | (if interest.writable { EVENT_WRITE } else { 0 })
 }
 
 impl PySelector {
     /// Wraps `selector` and registers the waker's fd in it.
     pub fn new(selector: Py<PyAny>, waker: Arc<Waker>) -> PyResult<Self> {
         Python::attach(|py| selector.call_method1(py, "register", (waker.fd(), EVENT_READ)))?;
-        Ok(Self { selector: Some(selector), waker })
+        Ok(Self {
+            selector: Some(selector),
+            waker,
+        })
     }
 
     fn selector(&self) -> io::Result<&Py<PyAny>> {
-        self.selector.as_ref().ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))
+        self.selector
+            .as_ref()
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))
     }
 }
 

@@ -31,7 +31,9 @@ static LAYOUT: PyOnceLock<Layout> = PyOnceLock::new();
 fn offset(cls: &Bound<'_, PyType>, name: &str) -> PyResult<isize> {
     let descr = cls.getattr(name)?;
     if descr.get_type().name()? != "member_descriptor" {
-        return Err(PyImportError::new_err(format!("asyncio handle slot {name} is not a slot")));
+        return Err(PyImportError::new_err(format!(
+            "asyncio handle slot {name} is not a slot"
+        )));
     }
     // SAFETY: a `member_descriptor` is a PyMemberDescrObject whose d_member
     // points at the PyMemberDef of the slot, which lives as long as the class.
@@ -159,7 +161,9 @@ fn read_bool(h: &Bound<'_, PyAny>, off: isize) -> bool {
 
 /// `handle._cancelled`.
 pub fn is_cancelled(h: &Bound<'_, PyAny>) -> bool {
-    LAYOUT.get(h.py()).is_some_and(|l| read_bool(h, l.cancelled))
+    LAYOUT
+        .get(h.py())
+        .is_some_and(|l| read_bool(h, l.cancelled))
 }
 
 /// `timer._scheduled`; false for anything that is not a TimerHandle, since
@@ -201,7 +205,10 @@ pub fn run(h: &Bound<'_, PyAny>) -> PyResult<()> {
     };
     let args = match args.cast_into::<PyTuple>() {
         Ok(t) => t,
-        Err(e) => PyTuple::new(py, e.into_inner().try_iter()?.collect::<PyResult<Vec<_>>>()?)?,
+        Err(e) => PyTuple::new(
+            py,
+            e.into_inner().try_iter()?.collect::<PyResult<Vec<_>>>()?,
+        )?,
     };
     // SAFETY: PyContext_Enter type-checks `ctx` and sets an exception on
     // failure; Exit is called exactly once after a successful Enter.

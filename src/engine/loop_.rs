@@ -78,7 +78,7 @@ fn closed_error() -> PyErr {
 
 fn current_thread() -> u64 {
     // SAFETY: plain query of the calling thread's identifier.
-    u64::from(unsafe { ffi::PyThread_get_thread_ident() })
+    unsafe { ffi::PyThread_get_thread_ident() as u64 }
 }
 
 impl Engine {
@@ -91,7 +91,12 @@ impl Engine {
     }
 
     /// asyncio's `_check_thread` and `_check_callback`, done in debug mode only.
-    fn debug_checks(slf: &Bound<'_, Self>, callback: &Bound<'_, PyAny>, method: &str, thread: bool) -> PyResult<()> {
+    fn debug_checks(
+        slf: &Bound<'_, Self>,
+        callback: &Bound<'_, PyAny>,
+        method: &str,
+        thread: bool,
+    ) -> PyResult<()> {
         let this = slf.get();
         if thread {
             let owner = this.thread_id.load(Relaxed);
@@ -101,7 +106,8 @@ impl Engine {
                 ));
             }
         }
-        slf.call_method1("_check_callback", (callback, method)).map(drop)
+        slf.call_method1("_check_callback", (callback, method))
+            .map(drop)
     }
 
     /// Makes a handle and appends it to the ready queue.
@@ -112,7 +118,14 @@ impl Engine {
         context: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let this = slf.get();
-        let h = handle::new(slf.as_any(), callback, args, context, None, this.debug.load(Relaxed))?;
+        let h = handle::new(
+            slf.as_any(),
+            callback,
+            args,
+            context,
+            None,
+            this.debug.load(Relaxed),
+        )?;
         this.state.lock().ready.push_back(h.clone().unbind());
         Ok(h)
     }
@@ -125,7 +138,14 @@ impl Engine {
         context: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let this = slf.get();
-        let h = handle::new(slf.as_any(), callback, args, context, Some(when), this.debug.load(Relaxed))?;
+        let h = handle::new(
+            slf.as_any(),
+            callback,
+            args,
+            context,
+            Some(when),
+            this.debug.load(Relaxed),
+        )?;
         handle::set_scheduled(&h, true);
         this.state.lock().timers.push(when, h.clone().unbind());
         Ok(h)
@@ -148,7 +168,14 @@ impl Engine {
         let this = slf.get();
         this.check_closed()?;
         let fd = fileobj_to_fd(fd)?;
-        let h = handle::new(slf.as_any(), callback, args, None, None, this.debug.load(Relaxed))?;
+        let h = handle::new(
+            slf.as_any(),
+            callback,
+            args,
+            None,
+            None,
+            this.debug.load(Relaxed),
+        )?;
         let old = this.state.lock().watchers.interest(fd);
         let mut new = old;
         match side {
@@ -158,7 +185,11 @@ impl Engine {
         if new != old {
             this.with_backend(|b| b.set_interest(fd, old, new))?;
         }
-        let previous = this.state.lock().watchers.set(fd, side, Some(h.clone().unbind()));
+        let previous = this
+            .state
+            .lock()
+            .watchers
+            .set(fd, side, Some(h.clone().unbind()));
         if let Some(previous) = previous {
             previous.bind(slf.py()).call_method0("cancel")?;
         }
@@ -197,7 +228,11 @@ impl Engine {
             st.timers.split_off(|t| !handle::is_cancelled(t.bind(py)))
         } else {
             let mut dropped = Vec::new();
-            while st.timers.peek().is_some_and(|(_, t)| handle::is_cancelled(t.bind(py))) {
+            while st
+                .timers
+                .peek()
+                .is_some_and(|(_, t)| handle::is_cancelled(t.bind(py)))
+            {
                 st.cancelled_timers = st.cancelled_timers.saturating_sub(1);
                 dropped.extend(st.timers.pop().map(|(_, t)| t));
             }
@@ -216,21 +251,35 @@ impl Engine {
         }
         let (when, _) = st.timers.peek()?;
         let secs = (when - monotonic()).clamp(0.0, MAXIMUM_SELECT_TIMEOUT);
-        Some(Duration::from_secs_f64(if secs.is_nan() { 0.0 } else { secs }))
+        Some(Duration::from_secs_f64(if secs.is_nan() {
+            0.0
+        } else {
+            secs
+        }))
     }
 
     /// Waits for I/O; returns the reports (the buffer goes back via `give_back`).
     fn wait(&self, py: Python<'_>, timeout: Option<Duration>) -> PyResult<Vec<Event>> {
         let wait = || {
             let mut guard = self.io.lock();
-            let io = guard.as_mut().ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))?;
+            let io = guard
+                .as_mut()
+                .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))?;
             let mut events = std::mem::take(&mut io.events);
             events.clear();
             let r = io.backend.wait(timeout, &mut events);
             r.map(|()| events)
         };
-        let detached = self.io.lock().as_ref().is_some_and(|io| io.backend.waits_detached());
-        let r = if detached && timeout != Some(Duration::ZERO) { py.detach(wait) } else { wait() };
+        let detached = self
+            .io
+            .lock()
+            .as_ref()
+            .is_some_and(|io| io.backend.waits_detached());
+        let r = if detached && timeout != Some(Duration::ZERO) {
+            py.detach(wait)
+        } else {
+            wait()
+        };
         match r {
             Ok(events) => Ok(events),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {
@@ -253,10 +302,16 @@ impl Engine {
         let mut st = self.state.lock();
         let mut stale = Vec::new();
         for ev in events {
-            let Some(w) = st.watchers.get(ev.fd) else { continue };
+            let Some(w) = st.watchers.get(ev.fd) else {
+                continue;
+            };
             let mut due = [None, None];
-            for (i, (fired, side, h)) in
-                [(ev.readable, Side::Read, &w.reader), (ev.writable, Side::Write, &w.writer)].into_iter().enumerate()
+            for (i, (fired, side, h)) in [
+                (ev.readable, Side::Read, &w.reader),
+                (ev.writable, Side::Write, &w.writer),
+            ]
+            .into_iter()
+            .enumerate()
             {
                 if let (true, Some(h)) = (fired, h) {
                     if handle::is_cancelled(h.bind(py)) {
@@ -285,7 +340,9 @@ impl Engine {
         match handle::run(h) {
             Ok(()) => Ok(()),
             Err(e) if handle::escapes(py, &e) => Err(e),
-            Err(e) => slf.call_method1("_callback_failed", (h, e.value(py))).map(drop),
+            Err(e) => slf
+                .call_method1("_callback_failed", (h, e.value(py)))
+                .map(drop),
         }
     }
 }
@@ -315,7 +372,10 @@ impl Engine {
             Some(s) => Box::new(PySelector::new(s, waker.clone())?),
             None => Box::new(Epoll::new(waker.clone())?),
         };
-        let old = self.io.lock().replace(Io { backend, events: Vec::new() });
+        let old = self.io.lock().replace(Io {
+            backend,
+            events: Vec::new(),
+        });
         if let Some(mut old) = old {
             old.backend.close();
         }
@@ -464,7 +524,9 @@ impl Engine {
         }
         let ntodo = this.state.lock().ready.len();
         for _ in 0..ntodo {
-            let Some(h) = this.state.lock().ready.pop_front() else { break };
+            let Some(h) = this.state.lock().ready.pop_front() else {
+                break;
+            };
             let h = h.into_bound(py);
             if !handle::is_cancelled(&h) {
                 Self::run_handle(slf, &h)?;
@@ -549,8 +611,15 @@ impl Engine {
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        let Some(st) = self.state.try_lock() else { return Ok(()) };
-        for h in st.ready.iter().chain(st.watchers.handles()).chain(st.timers.iter()) {
+        let Some(st) = self.state.try_lock() else {
+            return Ok(());
+        };
+        for h in st
+            .ready
+            .iter()
+            .chain(st.watchers.handles())
+            .chain(st.timers.iter())
+        {
             visit.call(h)?;
         }
         Ok(())

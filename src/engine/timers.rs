@@ -5,7 +5,10 @@ use std::collections::BinaryHeap;
 
 /// Seconds on `CLOCK_MONOTONIC`, the clock `time.monotonic()` reads.
 pub fn monotonic() -> f64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `ts` is a live timespec; CLOCK_MONOTONIC always exists on Linux.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
@@ -13,7 +16,10 @@ pub fn monotonic() -> f64 {
 
 /// The resolution of [`monotonic`], in seconds (asyncio's `_clock_resolution`).
 pub fn resolution() -> f64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: as in `monotonic`.
     unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
@@ -40,7 +46,10 @@ impl<T> Ord for Entry<T> {
     /// Reversed, so that `BinaryHeap` (a max-heap) pops the earliest timer;
     /// equal deadlines pop in the order they were pushed.
     fn cmp(&self, other: &Self) -> Ordering {
-        other.when.total_cmp(&self.when).then(other.seq.cmp(&self.seq))
+        other
+            .when
+            .total_cmp(&self.when)
+            .then(other.seq.cmp(&self.seq))
     }
 }
 
@@ -52,7 +61,10 @@ pub struct TimerHeap<T> {
 
 impl<T> Default for TimerHeap<T> {
     fn default() -> Self {
-        Self { heap: BinaryHeap::new(), seq: 0 }
+        Self {
+            heap: BinaryHeap::new(),
+            seq: 0,
+        }
     }
 }
 
@@ -60,7 +72,11 @@ impl<T> TimerHeap<T> {
     /// Schedules `item` at `when` (loop time, seconds).
     pub fn push(&mut self, when: f64, item: T) {
         self.seq += 1;
-        self.heap.push(Entry { when, seq: self.seq, item });
+        self.heap.push(Entry {
+            when,
+            seq: self.seq,
+            item,
+        });
     }
 
     /// The earliest timer.
@@ -113,7 +129,11 @@ impl<T> TimerHeap<T> {
 
     /// Removes every timer.
     pub fn take_all(&mut self) -> Vec<T> {
-        std::mem::take(&mut self.heap).into_vec().into_iter().map(|e| e.item).collect()
+        std::mem::take(&mut self.heap)
+            .into_vec()
+            .into_iter()
+            .map(|e| e.item)
+            .collect()
     }
 }
 

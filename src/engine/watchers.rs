@@ -28,7 +28,10 @@ pub struct Watch {
 impl Watch {
     /// What the backend must report for this fd.
     pub fn interest(&self) -> Interest {
-        Interest { readable: self.reader.is_some(), writable: self.writer.is_some() }
+        Interest {
+            readable: self.reader.is_some(),
+            writable: self.writer.is_some(),
+        }
     }
 
     /// The handle of one side.
@@ -69,7 +72,9 @@ impl Watchers {
 
     /// Every handle, for the garbage collector.
     pub fn handles(&self) -> impl Iterator<Item = &Py<PyAny>> {
-        self.map.values().flat_map(|w| w.reader.iter().chain(w.writer.iter()))
+        self.map
+            .values()
+            .flat_map(|w| w.reader.iter().chain(w.writer.iter()))
     }
 
     /// Removes everything, returning the handles so they can be released

@@ -24,8 +24,8 @@ def use_oxloop() -> None:
     asyncio.unix_events.SelectorEventLoop = oxloop.SelectorEventLoop
     asyncio.unix_events.DefaultEventLoopPolicy = oxloop.EventLoopPolicy
     if hasattr(asyncio, "EventLoop"):
-        asyncio.EventLoop = oxloop.Loop
-        asyncio.unix_events.EventLoop = oxloop.Loop
+        asyncio.EventLoop = oxloop.SelectorEventLoop
+        asyncio.unix_events.EventLoop = oxloop.SelectorEventLoop
     asyncio.set_event_loop_policy(None)
 
 
@@ -42,6 +42,7 @@ def add_native_tests(module) -> None:
             return oxloop.new_event_loop()
 
     OxloopNativeEventLoopTests.__module__ = module.__name__
+    OxloopNativeEventLoopTests.__qualname__ = "OxloopNativeEventLoopTests"
     module.OxloopNativeEventLoopTests = OxloopNativeEventLoopTests
 
 

@@ -79,17 +79,35 @@ def run_module(module: str) -> dict[str, dict]:
     """Run one module to the end, restarting after hangs; id -> record."""
     results: dict[str, dict] = {}
     deadline = time.monotonic() + MODULE_BUDGET
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    )
     with tempfile.TemporaryDirectory() as tmp:
         out, skip = Path(tmp, "out.jsonl"), Path(tmp, "skip.txt")
         while True:
             skip.write_text("\n".join(results))
             remaining = deadline - time.monotonic()
-            cmd = [sys.executable, "-m", "tests.cpython.child", module, "--out", str(out),
-                   "--skip", str(skip), "--timeout", str(PER_TEST_TIMEOUT)]
+            cmd = [
+                sys.executable,
+                "-m",
+                "tests.cpython.child",
+                module,
+                "--out",
+                str(out),
+                "--skip",
+                str(skip),
+                "--timeout",
+                str(PER_TEST_TIMEOUT),
+            ]
             try:
-                proc = subprocess.run(cmd, cwd=tmp, env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, timeout=max(remaining, 1))
+                proc = subprocess.run(
+                    cmd,
+                    cwd=tmp,
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    timeout=max(remaining, 1),
+                )
                 output, timed_out = proc.stdout.decode(errors="replace"), False
             except subprocess.TimeoutExpired as e:
                 output, timed_out = (e.stdout or b"").decode(errors="replace"), True
@@ -108,10 +126,17 @@ def run_module(module: str) -> dict[str, dict]:
                 return results
             if started is not None:
                 why = "module budget exhausted" if timed_out else "hung or crashed the process"
-                results[started] = {"id": started, "outcome": "fail", "detail": f"{why}\n{output[-3000:]}"}
+                results[started] = {
+                    "id": started,
+                    "outcome": "fail",
+                    "detail": f"{why}\n{output[-3000:]}",
+                }
             elif not timed_out:
-                results[f"{module}.<import>"] = {"id": f"{module}.<import>", "outcome": "fail",
-                                                 "detail": output[-3000:]}
+                results[f"{module}.<import>"] = {
+                    "id": f"{module}.<import>",
+                    "outcome": "fail",
+                    "detail": output[-3000:],
+                }
                 return results
             if timed_out or time.monotonic() >= deadline:
                 return results
@@ -153,10 +178,15 @@ def main() -> int:
                     new_failures.append(rec)
         for k in totals:
             totals[k] += row[k]
-        print(f"{module:<26}{row['passed']:>6}{row['failed']:>6}{row['skipped']:>6}"
-              f"{row['known']:>7}{row['new']:>5}{time.monotonic() - t0:>7.1f}", flush=True)
-    print(f"{'total':<26}{totals['passed']:>6}{totals['failed']:>6}{totals['skipped']:>6}"
-          f"{totals['known']:>7}{totals['new']:>5}")
+        print(
+            f"{module:<26}{row['passed']:>6}{row['failed']:>6}{row['skipped']:>6}"
+            f"{row['known']:>7}{row['new']:>5}{time.monotonic() - t0:>7.1f}",
+            flush=True,
+        )
+    print(
+        f"{'total':<26}{totals['passed']:>6}{totals['failed']:>6}{totals['skipped']:>6}"
+        f"{totals['known']:>7}{totals['new']:>5}"
+    )
     if opts.json:
         Path(opts.json).write_text(json.dumps(everything, indent=1))
     for test_id in fixed:
@@ -165,8 +195,10 @@ def main() -> int:
         print(f"\nNEW FAILURE: {rec['id']}")
         if opts.verbose:
             print(rec.get("detail", ""))
-    print(f"conformance {version_tag()}: {totals['passed']} passed, {totals['failed']} failed "
-          f"({totals['known']} known), {totals['skipped']} skipped")
+    print(
+        f"conformance {version_tag()}: {totals['passed']} passed, {totals['failed']} failed "
+        f"({totals['known']} known), {totals['skipped']} skipped"
+    )
     return 1 if new_failures else 0
 
 

@@ -1,0 +1,48 @@
+# oxloop's two commands:
+#   make run    build oxloop and run a demo asyncio program on it
+#   make test   lint, Rust unit tests, then for every Python: behaviour tests
+#               and CPython's test_asyncio conformance suite
+# Everything installs into .venv-<version>/ (pip packages and the Rust build).
+
+PY_VERSIONS ?= 3.11 3.12 3.13
+RUN_VERSION ?= 3.12
+DEV_PACKAGES = maturin pytest pytest-timeout ruff
+
+venv = .venv-$(1)
+vpy = $(call venv,$(1))/bin/python
+
+.PHONY: run test lint rust-test bench clean $(addprefix venv-,$(PY_VERSIONS)) $(addprefix test-,$(PY_VERSIONS))
+
+run: venv-$(RUN_VERSION)
+	$(call vpy,$(RUN_VERSION)) -m oxloop examples/echo.py
+
+test: lint rust-test $(addprefix test-,$(PY_VERSIONS))
+
+# One virtual environment per Python, with oxloop built and installed (editable).
+$(addprefix venv-,$(PY_VERSIONS)): venv-%:
+	@test -x $(call vpy,$*) || "$$(scripts/python-for $*)" -m venv $(call venv,$*)
+	$(call vpy,$*) -m pip install -q --disable-pip-version-check $(DEV_PACKAGES)
+	$(call vpy,$*) -m pip install -q --disable-pip-version-check -e .
+
+lint: venv-$(RUN_VERSION)
+	cargo fmt --check
+	cargo clippy --release --all-targets -q -- -D warnings
+	$(call vpy,$(RUN_VERSION)) -m ruff check python tests bench examples
+	$(call vpy,$(RUN_VERSION)) -m ruff format --check python tests bench examples
+
+# Pure-Rust units; the test binary links libpython, found through the venv's Python.
+rust-test: venv-$(RUN_VERSION)
+	PYO3_PYTHON=$(call vpy,$(RUN_VERSION)) \
+	LD_LIBRARY_PATH=$$($(call vpy,$(RUN_VERSION)) -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR"))') \
+	cargo test --release -q
+
+$(addprefix test-,$(PY_VERSIONS)): test-%: venv-%
+	$(call vpy,$*) -m tests.cpython.runner
+	$(call vpy,$*) -m pytest tests -q -p no:cacheprovider
+
+bench: venv-$(RUN_VERSION)
+	$(call vpy,$(RUN_VERSION)) -m pip install -q uvloop
+	$(call vpy,$(RUN_VERSION)) bench/micro.py
+
+clean:
+	rm -rf target .venv-* python/oxloop/*.so
