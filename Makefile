@@ -8,7 +8,7 @@ PY_VERSIONS ?= 3.11 3.12 3.13
 RUN_VERSION ?= 3.12
 DEV_PACKAGES = maturin pytest pytest-timeout ruff
 
-venv = .venv-$(1)
+venv = $(CURDIR)/.venv-$(1)
 vpy = $(call venv,$(1))/bin/python
 
 .PHONY: run test lint rust-test bench clean $(addprefix venv-,$(PY_VERSIONS)) $(addprefix test-,$(PY_VERSIONS))
@@ -24,17 +24,18 @@ $(addprefix venv-,$(PY_VERSIONS)): venv-%:
 	$(call vpy,$*) -m pip install -q --disable-pip-version-check $(DEV_PACKAGES)
 	$(call vpy,$*) -m pip install -q --disable-pip-version-check -e .
 
+# cargo builds pyo3 against the venv's Python (and test binaries link its libpython).
+cargo_env = PYO3_PYTHON=$(call vpy,$(RUN_VERSION)) \
+	LD_LIBRARY_PATH=$$($(call vpy,$(RUN_VERSION)) -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR"))')
+
 lint: venv-$(RUN_VERSION)
 	cargo fmt --check
-	cargo clippy --release --all-targets -q -- -D warnings
+	$(cargo_env) cargo clippy --release --all-targets -q -- -D warnings
 	$(call vpy,$(RUN_VERSION)) -m ruff check python tests bench examples
 	$(call vpy,$(RUN_VERSION)) -m ruff format --check python tests bench examples
 
-# Pure-Rust units; the test binary links libpython, found through the venv's Python.
 rust-test: venv-$(RUN_VERSION)
-	PYO3_PYTHON=$(call vpy,$(RUN_VERSION)) \
-	LD_LIBRARY_PATH=$$($(call vpy,$(RUN_VERSION)) -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR"))') \
-	cargo test --release -q
+	$(cargo_env) cargo test --release -q
 
 $(addprefix test-,$(PY_VERSIONS)): test-%: venv-%
 	$(call vpy,$*) -m tests.cpython.runner
