@@ -321,9 +321,12 @@ def test_many_cancelled_timers_are_released(loop):
     assert current < 20 * 1024 * 1024
 
 
-def test_asyncio_run_with_loop_factory(loop_factory):
+def test_runner_with_loop_factory(loop_factory):
     async def main():
         return type(asyncio.get_running_loop())
 
-    kind = asyncio.run(main(), loop_factory=loop_factory)
-    assert issubclass(kind, asyncio.AbstractEventLoop)
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        kind = runner.run(main())
+        assert kind is type(runner.get_loop())
+    if sys.version_info >= (3, 12):
+        assert asyncio.run(main(), loop_factory=loop_factory) is kind

@@ -13,13 +13,15 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
+import selectors
 import socket
 import sys
 import threading
 import time
 import warnings
 import weakref
-from asyncio import base_events, events, format_helpers, selector_events, unix_events
+from asyncio import base_events, events, format_helpers, unix_events
 
 from ._oxloop import Engine
 
@@ -32,90 +34,150 @@ _FORMAT_TAKES_DEBUG = (
     "debug" in inspect.signature(format_helpers._format_callback_source).parameters
 )
 
-# Pure-Python methods of asyncio's loops whose only dependencies are the
-# primitives `Engine` provides (and the attributes `Loop.__init__` sets).
-_ADOPTED = {
-    base_events.BaseEventLoop: (
-        "__repr__",
-        "create_future",
-        "create_task",
-        "set_task_factory",
-        "get_task_factory",
-        "_check_closed",
-        "_check_default_executor",
-        "_asyncgen_finalizer_hook",
-        "_asyncgen_firstiter_hook",
-        "shutdown_asyncgens",
-        "shutdown_default_executor",
-        "_do_shutdown",
-        "_check_running",
-        "run_until_complete",
-        "_check_callback",
-        "run_in_executor",
-        "set_default_executor",
-        "_getaddrinfo_debug",
-        "getnameinfo",
-        "sock_sendfile",
-        "_sock_sendfile_fallback",
-        "_check_sendfile_params",
-        "_ensure_resolved",
-        "get_exception_handler",
-        "set_exception_handler",
-        "default_exception_handler",
-        "call_exception_handler",
-        "_set_coroutine_origin_tracking",
-        "set_debug",
-        "_add_callback_signalsafe",
-        "__del__",
-    ),
-    selector_events.BaseSelectorEventLoop: (
-        "_make_self_pipe",
-        "_close_self_pipe",
-        "_read_from_self",
-        "_ensure_fd_no_transport",
-        "add_reader",
-        "remove_reader",
-        "add_writer",
-        "remove_writer",
-        "sock_recv",
-        "_sock_read_done",
-        "_sock_recv",
-        "sock_recv_into",
-        "_sock_recv_into",
-        "sock_recvfrom",
-        "_sock_recvfrom",
-        "sock_recvfrom_into",
-        "_sock_recvfrom_into",
-        "sock_sendall",
-        "_sock_sendall",
-        "sock_sendto",
-        "_sock_sendto",
-        "sock_connect",
-        "_sock_connect",
-        "_sock_write_done",
-        "_sock_connect_cb",
-        "sock_accept",
-        "_sock_accept",
-        "_stop_serving",
-    ),
-    unix_events._UnixSelectorEventLoop: (
-        "_process_self_data",
-        "add_signal_handler",
-        "_handle_signal",
-        "remove_signal_handler",
-        "_check_signal",
-        "_sock_sendfile_native",
-        "_sock_sendfile_native_impl",
-        "_sock_sendfile_update_filepos",
-        "_sock_add_cancellation_callback",
-    ),
-}
+# Pure-Python methods of asyncio's Unix selector loop (each resolved to the
+# most derived of its classes) whose only dependencies are the primitives
+# `Engine` provides and the attributes `Loop._init_loop` sets. The transports
+# they build (asyncio's own selector transports) drive their sockets through
+# the engine's `_add_reader`/`_add_writer`.
+_ADOPTED = (
+    # running, tasks, executors, errors, debug
+    "__repr__",
+    "__del__",
+    "create_future",
+    "create_task",
+    "set_task_factory",
+    "get_task_factory",
+    "_check_closed",
+    "_check_running",
+    "_check_callback",
+    "_check_default_executor",
+    "_asyncgen_finalizer_hook",
+    "_asyncgen_firstiter_hook",
+    "shutdown_asyncgens",
+    "shutdown_default_executor",
+    "_do_shutdown",
+    "run_until_complete",
+    "run_in_executor",
+    "set_default_executor",
+    "get_exception_handler",
+    "set_exception_handler",
+    "default_exception_handler",
+    "call_exception_handler",
+    "_set_coroutine_origin_tracking",
+    "set_debug",
+    "_add_callback_signalsafe",
+    # readers and writers (checks against transports, then the engine)
+    "_ensure_fd_no_transport",
+    "add_reader",
+    "remove_reader",
+    "add_writer",
+    "remove_writer",
+    # the socket API
+    "getnameinfo",
+    "_getaddrinfo_debug",
+    "_ensure_resolved",
+    "sock_recv",
+    "_sock_read_done",
+    "_sock_recv",
+    "sock_recv_into",
+    "_sock_recv_into",
+    "sock_recvfrom",
+    "_sock_recvfrom",
+    "sock_recvfrom_into",
+    "_sock_recvfrom_into",
+    "sock_sendall",
+    "_sock_sendall",
+    "sock_sendto",
+    "_sock_sendto",
+    "sock_connect",
+    "_sock_connect",
+    "_sock_write_done",
+    "_sock_connect_cb",
+    "sock_accept",
+    "_sock_accept",
+    "sock_sendfile",
+    "_sock_sendfile_native",
+    "_sock_sendfile_native_impl",
+    "_sock_sendfile_update_filepos",
+    "_sock_add_cancellation_callback",
+    "_sock_sendfile_fallback",
+    "_check_sendfile_params",
+    # connections, servers, datagrams and TLS (asyncio's Python transports)
+    "_connect_sock",
+    "create_connection",
+    "_create_connection_transport",
+    "sendfile",
+    "_sendfile_native",
+    "_sendfile_fallback",
+    "start_tls",
+    "create_datagram_endpoint",
+    "_create_server_getaddrinfo",
+    "create_server",
+    "connect_accepted_socket",
+    "create_unix_connection",
+    "create_unix_server",
+    "_make_socket_transport",
+    "_make_ssl_transport",
+    "_make_datagram_transport",
+    "_start_serving",
+    "_accept_connection",
+    "_accept_connection2",
+    # pipes and subprocesses
+    "connect_read_pipe",
+    "connect_write_pipe",
+    "_make_read_pipe_transport",
+    "_make_write_pipe_transport",
+    "_log_subprocess",
+    "subprocess_shell",
+    "subprocess_exec",
+    "_make_subprocess_transport",
+    "_child_watcher_callback",
+    # signals, through the self-pipe signal.set_wakeup_fd() writes to
+    "_make_self_pipe",
+    "_close_self_pipe",
+    "_read_from_self",
+    "_process_self_data",
+    "add_signal_handler",
+    "_handle_signal",
+    "remove_signal_handler",
+    "_check_signal",
+)
 
 
 def _adopt(namespace: dict) -> None:
-    for source, names in _ADOPTED.items():
-        for name in names:
-            namespace[name] = source.__dict__[name]
+    for name in _ADOPTED:
+        func = getattr(unix_events._UnixSelectorEventLoop, name)
+        # A method calling super() is bound to asyncio's class hierarchy.
+        if "__class__" in func.__code__.co_freevars:
+            raise ImportError(f"asyncio's {name} uses super() and cannot be adopted")
+        namespace[name] = func
+
+
+class _Registrations(selectors.BaseSelector):
+    """`loop._selector` as asyncio's code and tests inspect it: a read-only
+    view of what the engine watches, with `(reader, writer)` handles as each
+    key's data. Waiting is the engine's; this object never selects."""
+
+    def __init__(self, loop: Loop):
+        self._watch_key = loop._watch_key
+        self._watched_fds = loop._watched_fds
+
+    def get_key(self, fileobj):
+        events, reader, writer = self._watch_key(fileobj)
+        fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
+        return selectors.SelectorKey(fileobj, fd, events, (reader, writer))
+
+    def get_map(self):
+        return {fd: self.get_key(fd) for fd in self._watched_fds()}
+
+    def register(self, fileobj, events, data=None):
+        raise NotImplementedError("register through loop.add_reader()/add_writer()")
+
+    def unregister(self, fileobj):
+        raise NotImplementedError("unregister through loop.remove_reader()/remove_writer()")
+
+    def select(self, timeout=None):
+        raise NotImplementedError("the loop's engine does the waiting")
 
 
 class Loop(Engine, asyncio.AbstractEventLoop):
@@ -128,7 +190,7 @@ class Loop(Engine, asyncio.AbstractEventLoop):
 
     def _init_loop(self, selector):
         self._open(selector)
-        self._selector = selector
+        self._selector = _Registrations(self)
         self._clock_resolution = time.get_clock_info("monotonic").resolution
         self._default_executor = None
         self._exception_handler = None
@@ -145,6 +207,7 @@ class Loop(Engine, asyncio.AbstractEventLoop):
         self._transports = weakref.WeakValueDictionary()
         self._internal_fds = 0
         self._signal_handlers = {}
+        self._unix_server_sockets = {}
         # The socket pair signal.set_wakeup_fd() writes signal numbers to.
         self._make_self_pipe()
 
@@ -190,6 +253,7 @@ class Loop(Engine, asyncio.AbstractEventLoop):
             logger.debug("Close %r", self)
         self._close_self_pipe()
         self._close_engine()
+        self._selector = None
         self._executor_shutdown_called = True
         executor = self._default_executor
         if executor is not None:
@@ -207,6 +271,23 @@ class Loop(Engine, asyncio.AbstractEventLoop):
                 stacklevel=2,
             )
             self._signal_handlers.clear()
+
+    def _stop_serving(self, sock):
+        """Stop listening on a server socket; a Unix socket's path is removed
+        when this loop created it (`create_unix_server(cleanup_socket=True)`)."""
+        path = sock.getsockname() if sock in self._unix_server_sockets else None
+        self._remove_reader(sock.fileno())
+        sock.close()
+        if path is None:
+            return
+        prev_ino = self._unix_server_sockets.pop(sock)
+        try:
+            if os.stat(path).st_ino == prev_ino:
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            logger.error("Unable to clean up listening UNIX socket %r: %r", path, err)
 
     # -- callbacks (called by the engine) ------------------------------------
 

@@ -14,7 +14,7 @@ use crate::backend::pyselector::PySelector;
 use crate::backend::waker::Waker;
 use crate::backend::{Backend, Event};
 use parking_lot::Mutex;
-use pyo3::exceptions::{PyRuntimeError, PyTypeError};
+use pyo3::exceptions::{PyKeyError, PyRuntimeError, PyTypeError};
 use pyo3::ffi;
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
@@ -501,6 +501,31 @@ impl Engine {
 
     fn _remove_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
         Self::remove_watch(slf, Side::Write, fd)
+    }
+
+    /// `(events, reader, writer)` of a watched fd, in `selectors`' terms
+    /// (EVENT_READ = 1, EVENT_WRITE = 2); KeyError when nothing watches it.
+    #[allow(clippy::type_complexity)]
+    fn _watch_key(
+        &self,
+        py: Python<'_>,
+        fd: &Bound<'_, PyAny>,
+    ) -> PyResult<(u8, Option<Py<PyAny>>, Option<Py<PyAny>>)> {
+        let fd = fileobj_to_fd(fd)?;
+        let st = self.state.lock();
+        let w = st.watchers.get(fd).ok_or_else(|| PyKeyError::new_err(fd))?;
+        let interest = w.interest();
+        let events = u8::from(interest.readable) | (u8::from(interest.writable) << 1);
+        Ok((
+            events,
+            w.reader.as_ref().map(|h| h.clone_ref(py)),
+            w.writer.as_ref().map(|h| h.clone_ref(py)),
+        ))
+    }
+
+    /// Every watched fd.
+    fn _watched_fds(&self) -> Vec<i32> {
+        self.state.lock().watchers.fds().collect()
     }
 
     /// One iteration: wait for I/O, collect due timers, run what is ready.

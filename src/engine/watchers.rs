@@ -70,6 +70,11 @@ impl Watchers {
         old
     }
 
+    /// Every watched fd.
+    pub fn fds(&self) -> impl Iterator<Item = RawFd> + '_ {
+        self.map.keys().copied()
+    }
+
     /// Every handle, for the garbage collector.
     pub fn handles(&self) -> impl Iterator<Item = &Py<PyAny>> {
         self.map
