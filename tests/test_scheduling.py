@@ -330,3 +330,27 @@ def test_runner_with_loop_factory(loop_factory):
         assert kind is type(runner.get_loop())
     if sys.version_info >= (3, 12):
         assert asyncio.run(main(), loop_factory=loop_factory) is kind
+
+
+def test_handles_kept_by_the_caller_stay_intact(loop):
+    import weakref
+
+    def first():
+        pass
+
+    def second():
+        pass
+
+    kept = [loop.call_soon(first) for _ in range(3)]
+    watched = weakref.ref(loop.call_soon(first))
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    for _ in range(10):
+        loop.call_soon(second)
+        loop.call_later(0, second)
+    loop.call_later(0.001, loop.stop)
+    loop.run_forever()
+    assert len({id(h) for h in kept}) == 3
+    assert all(h._callback is first and not h.cancelled() for h in kept)
+    h = watched()
+    assert h is None or h._callback is first

@@ -90,7 +90,115 @@ unsafe fn put(obj: *mut ffi::PyObject, off: isize, value: *mut ffi::PyObject) {
     }
 }
 
-/// Builds a `Handle` (or, with `when`, a `TimerHandle`) for `loop_`.
+/// How many spent handles of each kind a loop keeps for reuse.
+const FREE_LIST_CAP: usize = 1024;
+
+/// Handles the loop held the last reference to, kept for reuse: most handles
+/// (a task's step, a fired timer) die right after they run, and reusing them
+/// saves an allocation, a deallocation and the garbage collector's counting.
+#[derive(Default)]
+pub struct FreeList {
+    handles: Vec<Py<PyAny>>,
+    timers: Vec<Py<PyAny>>,
+}
+
+impl FreeList {
+    /// A spent handle (a TimerHandle when `timer`), if one is kept.
+    pub fn take(&mut self, timer: bool) -> Option<Py<PyAny>> {
+        if timer {
+            self.timers.pop()
+        } else {
+            self.handles.pop()
+        }
+    }
+
+    /// Whether a handle of this kind would be kept.
+    pub fn has_room(&self, timer: bool) -> bool {
+        (if timer { &self.timers } else { &self.handles }).len() < FREE_LIST_CAP
+    }
+
+    /// Keeps a stripped handle; gives it back when full.
+    pub fn give(&mut self, spent: Spent) -> Option<Py<PyAny>> {
+        let list = if spent.timer {
+            &mut self.timers
+        } else {
+            &mut self.handles
+        };
+        if list.len() < FREE_LIST_CAP {
+            list.push(spent.handle);
+            None
+        } else {
+            Some(spent.handle)
+        }
+    }
+
+    /// Every kept handle, for the garbage collector.
+    pub fn iter(&self) -> impl Iterator<Item = &Py<PyAny>> {
+        self.handles.iter().chain(self.timers.iter())
+    }
+
+    /// Removes every kept handle.
+    pub fn take_all(&mut self) -> Vec<Py<PyAny>> {
+        let mut all = std::mem::take(&mut self.handles);
+        all.append(&mut self.timers);
+        all
+    }
+}
+
+/// A handle stripped by [`strip`], ready for [`FreeList::give`].
+pub struct Spent {
+    handle: Py<PyAny>,
+    timer: bool,
+}
+
+/// Whether a handle that ran (or was skipped) can be reused, because nothing
+/// but the loop can still reach it: no other reference, no weak reference.
+/// Returns whether it is a TimerHandle.
+pub fn reusable(h: &Bound<'_, PyAny>) -> Option<bool> {
+    let l = LAYOUT.get(h.py())?;
+    let p = h.as_ptr();
+    // SAFETY: reads the refcount and type of a live object.
+    let (refcnt, tp) = unsafe { (ffi::Py_REFCNT(p), ffi::Py_TYPE(p)) };
+    let timer = tp == l.timer.as_ptr().cast();
+    if refcnt != 1 || !(timer || tp == l.handle.as_ptr().cast()) {
+        return None;
+    }
+    // SAFETY: `tp` is one of asyncio's handle classes, whose instances have a
+    // weak-reference list at tp_weaklistoffset.
+    let weakly_referenced = unsafe {
+        let off = (*tp).tp_weaklistoffset;
+        off > 0 && !(*slot(p, off)).is_null()
+    };
+    (!weakly_referenced).then_some(timer)
+}
+
+/// Strips a [`reusable`] handle of what it refers to, for [`FreeList::give`].
+pub fn strip(h: Bound<'_, PyAny>, timer: bool) -> Spent {
+    let py = h.py();
+    let p = h.as_ptr();
+    let none = py.None();
+    if let Some(l) = LAYOUT.get(py) {
+        // SAFETY: `h` is exactly a Handle/TimerHandle (see `reusable`); slots
+        // take any object. The previous values are released when `released`
+        // drops, after the handle no longer refers to them.
+        let released =
+            [l.callback, l.args, l.context, l.source_traceback, l.repr].map(|off| unsafe {
+                ffi::Py_INCREF(none.as_ptr());
+                let old = std::mem::replace(&mut *slot(p, off), none.as_ptr());
+                Bound::from_owned_ptr_or_opt(py, old)
+            });
+        // SAFETY: as above.
+        unsafe { put(p, l.cancelled, ffi_bool(false)) };
+        drop(released);
+    }
+    Spent {
+        handle: h.unbind(),
+        timer,
+    }
+}
+
+/// Builds a `Handle` (or, with `when`, a `TimerHandle`) for `loop_`, reusing
+/// `spare` (taken from the loop's [`FreeList`]) when given.
 ///
 /// `debug` takes asyncio's own constructor, which records the caller's stack.
 pub fn new<'py>(
@@ -100,6 +208,7 @@ pub fn new<'py>(
     context: Option<&Bound<'py, PyAny>>,
     when: Option<f64>,
     debug: bool,
+    spare: Option<Py<PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let py = loop_.py();
     let l = layout(py)?;
@@ -116,16 +225,20 @@ pub fn new<'py>(
         // exception set, which from_owned_ptr_or_err turns into Err.
         None => unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent())? },
     };
-    // SAFETY: allocates a zeroed instance of a heap type whose slots are
-    // filled right below, before any other Python code can see the object.
-    let obj = unsafe {
-        Bound::from_owned_ptr_or_err(py, ffi::PyType_GenericAlloc(cls.as_ptr().cast(), 0))?
+    let obj = match spare {
+        Some(spare) => spare.into_bound(py),
+        // SAFETY: allocates a zeroed instance of a heap type whose slots are
+        // filled right below, before any other Python code can see the object.
+        None => unsafe {
+            Bound::from_owned_ptr_or_err(py, ffi::PyType_GenericAlloc(cls.as_ptr().cast(), 0))?
+        },
     };
     let p = obj.as_ptr();
     let none = py.None();
     let false_ = ffi_bool(false);
-    // SAFETY: `obj` is an instance of `cls`; every offset belongs to it
-    // (`scheduled` and `when` only when `cls` is TimerHandle).
+    // SAFETY: `obj` is an instance of `cls` (a spare is of the kind asked
+    // for); every offset belongs to it (`scheduled` and `when` only when
+    // `cls` is TimerHandle).
     unsafe {
         put(p, l.callback, callback.as_ptr());
         put(p, l.args, args.as_ptr());

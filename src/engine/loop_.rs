@@ -6,7 +6,7 @@
 //! handler). Locks here are never held while Python code runs: a callback, a
 //! finalizer or a user's selector may call back into the loop at any time.
 
-use super::handle;
+use super::handle::{self, FreeList};
 use super::timers::{monotonic, resolution, TimerHeap};
 use super::watchers::{fileobj_to_fd, Side, Watchers};
 use crate::backend::epoll::Epoll;
@@ -38,6 +38,7 @@ struct State {
     timers: TimerHeap<Py<PyAny>>,
     cancelled_timers: usize,
     watchers: Watchers,
+    free: FreeList,
 }
 
 impl State {
@@ -47,6 +48,7 @@ impl State {
         let mut all: Vec<Py<PyAny>> = self.ready.drain(..).collect();
         all.extend(self.timers.take_all());
         all.extend(self.watchers.take_all());
+        all.extend(self.free.take_all());
         self.cancelled_timers = 0;
         all
     }
@@ -110,44 +112,31 @@ impl Engine {
             .map(drop)
     }
 
-    /// Makes a handle and appends it to the ready queue.
-    fn schedule_soon<'py>(
+    /// Makes a handle and queues it: on the ready queue, or with `when` on
+    /// the timer heap.
+    fn schedule<'py>(
         slf: &Bound<'py, Self>,
+        when: Option<f64>,
         callback: &Bound<'py, PyAny>,
         args: &Bound<'py, PyTuple>,
         context: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let this = slf.get();
-        let h = handle::new(
-            slf.as_any(),
-            callback,
-            args,
-            context,
-            None,
-            this.debug.load(Relaxed),
-        )?;
-        this.state.lock().ready.push_back(h.clone().unbind());
-        Ok(h)
-    }
-
-    fn schedule_at<'py>(
-        slf: &Bound<'py, Self>,
-        when: f64,
-        callback: &Bound<'py, PyAny>,
-        args: &Bound<'py, PyTuple>,
-        context: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let this = slf.get();
-        let h = handle::new(
-            slf.as_any(),
-            callback,
-            args,
-            context,
-            Some(when),
-            this.debug.load(Relaxed),
-        )?;
-        handle::set_scheduled(&h, true);
-        this.state.lock().timers.push(when, h.clone().unbind());
+        let debug = this.debug.load(Relaxed);
+        let spare = if debug {
+            None
+        } else {
+            this.state.lock().free.take(when.is_some())
+        };
+        let h = handle::new(slf.as_any(), callback, args, context, when, debug, spare)?;
+        let queued = h.clone().unbind();
+        match when {
+            None => this.state.lock().ready.push_back(queued),
+            Some(when) => {
+                handle::set_scheduled(&h, true);
+                this.state.lock().timers.push(when, queued);
+            }
+        }
         Ok(h)
     }
 
@@ -168,14 +157,8 @@ impl Engine {
         let this = slf.get();
         this.check_closed()?;
         let fd = fileobj_to_fd(fd)?;
-        let h = handle::new(
-            slf.as_any(),
-            callback,
-            args,
-            None,
-            None,
-            this.debug.load(Relaxed),
-        )?;
+        let debug = this.debug.load(Relaxed);
+        let h = handle::new(slf.as_any(), callback, args, None, None, debug, None)?;
         let old = this.state.lock().watchers.interest(fd);
         let mut new = old;
         match side {
@@ -400,7 +383,7 @@ impl Engine {
         if this.debug.load(Relaxed) {
             Self::debug_checks(slf, callback, "call_soon", true)?;
         }
-        Self::schedule_soon(slf, callback, args, context)
+        Self::schedule(slf, None, callback, args, context)
     }
 
     #[pyo3(signature = (callback, *args, context=None))]
@@ -415,7 +398,7 @@ impl Engine {
         if this.debug.load(Relaxed) {
             Self::debug_checks(slf, callback, "call_soon_threadsafe", false)?;
         }
-        let h = Self::schedule_soon(slf, callback, args, context)?;
+        let h = Self::schedule(slf, None, callback, args, context)?;
         this._write_to_self();
         Ok(h)
     }
@@ -548,15 +531,28 @@ impl Engine {
             Self::remove_watch(slf, side, &fd)?;
         }
         let ntodo = this.state.lock().ready.len();
+        // A handle that ran and can be reused goes to the free list when the
+        // next one is popped: one lock for both.
+        let mut spent = None;
         for _ in 0..ntodo {
-            let Some(h) = this.state.lock().ready.pop_front() else {
-                break;
+            let (next, room, full) = {
+                let mut st = this.state.lock();
+                let full = spent.take().and_then(|s| st.free.give(s));
+                let room = [st.free.has_room(false), st.free.has_room(true)];
+                (st.ready.pop_front(), room, full)
             };
+            drop(full);
+            let Some(h) = next else { break };
             let h = h.into_bound(py);
             if !handle::is_cancelled(&h) {
                 Self::run_handle(slf, &h)?;
             }
+            if let Some(timer) = handle::reusable(&h).filter(|t| room[usize::from(*t)]) {
+                spent = Some(handle::strip(h, timer));
+            }
         }
+        let full = spent.and_then(|s| this.state.lock().free.give(s));
+        drop(full);
         Ok(())
     }
 
@@ -644,6 +640,7 @@ impl Engine {
             .iter()
             .chain(st.watchers.handles())
             .chain(st.timers.iter())
+            .chain(st.free.iter())
         {
             visit.call(h)?;
         }
@@ -669,6 +666,6 @@ impl Engine {
         if this.debug.load(Relaxed) {
             Self::debug_checks(slf, callback, "call_at", true)?;
         }
-        Self::schedule_at(slf, when, callback, args, context)
+        Self::schedule(slf, Some(when), callback, args, context)
     }
 }
