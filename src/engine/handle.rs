@@ -164,10 +164,11 @@ pub fn reusable(h: &Bound<'_, PyAny>) -> Option<bool> {
         return None;
     }
     // SAFETY: `tp` is one of asyncio's handle classes, whose instances have a
-    // weak-reference list at tp_weaklistoffset.
+    // weak-reference list at tp_weaklistoffset (negative on 3.12+, where it
+    // sits before the object header).
     let weakly_referenced = unsafe {
         let off = (*tp).tp_weaklistoffset;
-        off > 0 && !(*slot(p, off)).is_null()
+        off != 0 && !(*slot(p, off)).is_null()
     };
     (!weakly_referenced).then_some(timer)
 }
