@@ -25,15 +25,41 @@ pub fn resolution() -> f64 {
     ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
 
+/// A timer: its deadline and scheduling order packed in one integer whose
+/// order is (deadline, sequence), so heap comparisons are a single compare.
 struct Entry<T> {
-    when: f64,
-    seq: u64,
+    key: u128,
     item: T,
+}
+
+/// Maps an f64 to a u64 with the same total order (`f64::total_cmp`).
+fn order_bits(x: f64) -> u64 {
+    let bits = x.to_bits();
+    if bits >> 63 == 1 {
+        !bits
+    } else {
+        bits | 1 << 63
+    }
+}
+
+/// The inverse of [`order_bits`].
+fn from_order_bits(bits: u64) -> f64 {
+    f64::from_bits(if bits >> 63 == 1 {
+        bits & !(1 << 63)
+    } else {
+        !bits
+    })
+}
+
+impl<T> Entry<T> {
+    fn when(&self) -> f64 {
+        from_order_bits((self.key >> 64) as u64)
+    }
 }
 
 impl<T> PartialEq for Entry<T> {
     fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
+        self.key == other.key
     }
 }
 impl<T> Eq for Entry<T> {}
@@ -43,13 +69,9 @@ impl<T> PartialOrd for Entry<T> {
     }
 }
 impl<T> Ord for Entry<T> {
-    /// Reversed, so that `BinaryHeap` (a max-heap) pops the earliest timer;
-    /// equal deadlines pop in the order they were pushed.
+    /// Reversed, so that `BinaryHeap` (a max-heap) pops the earliest timer.
     fn cmp(&self, other: &Self) -> Ordering {
-        other
-            .when
-            .total_cmp(&self.when)
-            .then(other.seq.cmp(&self.seq))
+        other.key.cmp(&self.key)
     }
 }
 
@@ -72,27 +94,24 @@ impl<T> TimerHeap<T> {
     /// Schedules `item` at `when` (loop time, seconds).
     pub fn push(&mut self, when: f64, item: T) {
         self.seq += 1;
-        self.heap.push(Entry {
-            when,
-            seq: self.seq,
-            item,
-        });
+        let key = u128::from(order_bits(when)) << 64 | u128::from(self.seq);
+        self.heap.push(Entry { key, item });
     }
 
     /// The earliest timer.
     pub fn peek(&self) -> Option<(f64, &T)> {
-        self.heap.peek().map(|e| (e.when, &e.item))
+        self.heap.peek().map(|e| (e.when(), &e.item))
     }
 
     /// Removes the earliest timer.
     pub fn pop(&mut self) -> Option<(f64, T)> {
-        self.heap.pop().map(|e| (e.when, e.item))
+        self.heap.pop().map(|e| (e.when(), e.item))
     }
 
     /// Removes the earliest timer if it is due before `end`.
     pub fn pop_due(&mut self, end: f64) -> Option<T> {
         match self.heap.peek() {
-            Some(e) if e.when < end => self.heap.pop().map(|e| e.item),
+            Some(e) if e.when() < end => self.heap.pop().map(|e| e.item),
             _ => None,
         }
     }
@@ -177,6 +196,27 @@ mod tests {
             assert!(i % 2 == 0);
             assert!((w, i) > last);
             last = (w, i);
+        }
+    }
+
+    #[test]
+    fn order_bits_keep_the_order_of_floats() {
+        let xs = [
+            f64::NEG_INFINITY,
+            -1e300,
+            -2.5,
+            -0.0,
+            0.0,
+            1e-300,
+            1.0,
+            86400.5,
+            f64::INFINITY,
+        ];
+        for w in xs.windows(2) {
+            assert!(order_bits(w[0]) < order_bits(w[1]), "{} < {}", w[0], w[1]);
+        }
+        for x in xs {
+            assert_eq!(from_order_bits(order_bits(x)).to_bits(), x.to_bits());
         }
     }
 
