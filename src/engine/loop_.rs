@@ -7,8 +7,9 @@
 //! finalizer or a user's selector may call back into the loop at any time.
 
 use super::handle::{self, FreeList};
+use super::ready::Ready;
 use super::timers::{monotonic, resolution, TimerHeap};
-use super::watchers::{fileobj_to_fd, Side, Watchers};
+use super::watchers::{fileobj_to_fd, Side, Watcher, Watchers};
 use crate::backend::epoll::Epoll;
 use crate::backend::pyselector::PySelector;
 use crate::backend::waker::Waker;
@@ -22,6 +23,7 @@ use pyo3::types::PyTuple;
 use pyo3::PyTraverseError;
 use std::collections::VecDeque;
 use std::io;
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,7 +36,7 @@ const MIN_SCHEDULED_TIMER_HANDLES: usize = 100;
 /// What the iteration works on, behind one lock.
 #[derive(Default)]
 struct State {
-    ready: VecDeque<Py<PyAny>>,
+    ready: VecDeque<Ready>,
     timers: TimerHeap<Py<PyAny>>,
     cancelled_timers: usize,
     watchers: Watchers,
@@ -42,13 +44,17 @@ struct State {
 }
 
 impl State {
-    /// Empties every queue, returning the handles so they can be released
+    /// Empties every queue, returning what they held so it can be released
     /// once the lock is gone.
-    fn take_all(&mut self) -> Vec<Py<PyAny>> {
-        let mut all: Vec<Py<PyAny>> = self.ready.drain(..).collect();
-        all.extend(self.timers.take_all());
+    fn take_all(&mut self) -> Vec<Ready> {
+        let mut all: Vec<Ready> = self.ready.drain(..).collect();
         all.extend(self.watchers.take_all());
-        all.extend(self.free.take_all());
+        let handles = self
+            .timers
+            .take_all()
+            .into_iter()
+            .chain(self.free.take_all());
+        all.extend(handles.map(Ready::Callback));
         self.cancelled_timers = 0;
         all
     }
@@ -131,13 +137,38 @@ impl Engine {
         let h = handle::new(slf.as_any(), callback, args, context, when, debug, spare)?;
         let queued = h.clone().unbind();
         match when {
-            None => this.state.lock().ready.push_back(queued),
+            None => this.state.lock().ready.push_back(Ready::Callback(queued)),
             Some(when) => {
                 handle::set_scheduled(&h, true);
                 this.state.lock().timers.push(when, queued);
             }
         }
         Ok(h)
+    }
+
+    /// Sets (or, with `None`, clears) what watches one side of `fd`, telling
+    /// the backend when the interest changes; returns the previous watcher.
+    pub fn set_watcher(
+        &self,
+        fd: RawFd,
+        side: Side,
+        watcher: Option<Watcher>,
+    ) -> PyResult<Option<Watcher>> {
+        let old = self.state.lock().watchers.interest(fd);
+        let mut new = old;
+        match side {
+            Side::Read => new.readable = watcher.is_some(),
+            Side::Write => new.writable = watcher.is_some(),
+        }
+        if new != old {
+            self.with_backend(|b| b.set_interest(fd, old, new))?;
+        }
+        Ok(self.state.lock().watchers.set(fd, side, watcher))
+    }
+
+    /// The loop's `call_soon` for native code: queues a ready entry.
+    pub fn push_ready(&self, entry: Ready) {
+        self.state.lock().ready.push_back(entry);
     }
 
     fn with_backend<T>(&self, f: impl FnOnce(&mut dyn Backend) -> io::Result<T>) -> PyResult<T> {
@@ -159,45 +190,22 @@ impl Engine {
         let fd = fileobj_to_fd(fd)?;
         let debug = this.debug.load(Relaxed);
         let h = handle::new(slf.as_any(), callback, args, None, None, debug, None)?;
-        let old = this.state.lock().watchers.interest(fd);
-        let mut new = old;
-        match side {
-            Side::Read => new.readable = true,
-            Side::Write => new.writable = true,
-        }
-        if new != old {
-            this.with_backend(|b| b.set_interest(fd, old, new))?;
-        }
-        let previous = this
-            .state
-            .lock()
-            .watchers
-            .set(fd, side, Some(h.clone().unbind()));
-        if let Some(previous) = previous {
+        let previous = this.set_watcher(fd, side, Some(Watcher::Handle(h.clone().unbind())))?;
+        if let Some(Watcher::Handle(previous)) = previous {
             previous.bind(slf.py()).call_method0("cancel")?;
         }
         Ok(h)
     }
 
-    /// `_remove_reader` / `_remove_writer`: true when a callback was removed.
+    /// `_remove_reader` / `_remove_writer`: true when a watcher was removed.
     fn remove_watch(slf: &Bound<'_, Self>, side: Side, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
         let this = slf.get();
         if this.closed.load(Relaxed) {
             return Ok(false);
         }
-        let fd = fileobj_to_fd(fd)?;
-        let old = this.state.lock().watchers.interest(fd);
-        let mut new = old;
-        match side {
-            Side::Read => new.readable = false,
-            Side::Write => new.writable = false,
-        }
-        if new != old {
-            this.with_backend(|b| b.set_interest(fd, old, new))?;
-        }
-        let removed = this.state.lock().watchers.set(fd, side, None);
-        match removed {
-            Some(h) => h.bind(slf.py()).call_method0("cancel").map(|_| true),
+        match this.set_watcher(fileobj_to_fd(fd)?, side, None)? {
+            Some(Watcher::Handle(h)) => h.bind(slf.py()).call_method0("cancel").map(|_| true),
+            Some(Watcher::Native(_)) => Ok(true),
             None => Ok(false),
         }
     }
@@ -284,32 +292,29 @@ impl Engine {
     fn collect_ready(&self, py: Python<'_>, events: &[Event]) -> Vec<(i32, Side)> {
         let mut st = self.state.lock();
         let mut stale = Vec::new();
+        let mut due = Vec::with_capacity(events.len());
         for ev in events {
             let Some(w) = st.watchers.get(ev.fd) else {
                 continue;
             };
-            let mut due = [None, None];
-            for (i, (fired, side, h)) in [
+            for (fired, side, w) in [
                 (ev.readable, Side::Read, &w.reader),
                 (ev.writable, Side::Write, &w.writer),
-            ]
-            .into_iter()
-            .enumerate()
-            {
-                if let (true, Some(h)) = (fired, h) {
-                    if handle::is_cancelled(h.bind(py)) {
+            ] {
+                match (fired, w) {
+                    (true, Some(Watcher::Handle(h))) if handle::is_cancelled(h.bind(py)) => {
                         stale.push((ev.fd, side));
-                    } else {
-                        due[i] = Some(h.clone_ref(py));
                     }
+                    (true, Some(w)) => due.push(Ready::from_watcher(w.clone_ref(py), side)),
+                    _ => {}
                 }
             }
-            st.ready.extend(due.into_iter().flatten());
         }
+        st.ready.extend(due);
         let end = monotonic() + self.resolution;
         while let Some(t) = st.timers.pop_due(end) {
             handle::set_scheduled(t.bind(py), false);
-            st.ready.push_back(t);
+            st.ready.push_back(Ready::Callback(t));
         }
         stale
     }
@@ -446,7 +451,10 @@ impl Engine {
             return Err(PyTypeError::new_err("an asyncio.Handle was expected"));
         }
         if !handle::is_cancelled(h) {
-            self.state.lock().ready.push_back(h.clone().unbind());
+            self.state
+                .lock()
+                .ready
+                .push_back(Ready::Callback(h.clone().unbind()));
         }
         Ok(())
     }
@@ -499,11 +507,12 @@ impl Engine {
         let w = st.watchers.get(fd).ok_or_else(|| PyKeyError::new_err(fd))?;
         let interest = w.interest();
         let events = u8::from(interest.readable) | (u8::from(interest.writable) << 1);
-        Ok((
-            events,
-            w.reader.as_ref().map(|h| h.clone_ref(py)),
-            w.writer.as_ref().map(|h| h.clone_ref(py)),
-        ))
+        let handle = |w: &Option<Watcher>| {
+            w.as_ref()
+                .and_then(Watcher::handle)
+                .map(|h| h.clone_ref(py))
+        };
+        Ok((events, handle(&w.reader), handle(&w.writer)))
     }
 
     /// Every watched fd.
@@ -542,8 +551,14 @@ impl Engine {
                 (st.ready.pop_front(), room, full)
             };
             drop(full);
-            let Some(h) = next else { break };
-            let h = h.into_bound(py);
+            let h = match next {
+                None => break,
+                Some(Ready::Io(target, side)) => {
+                    target.on_ready(py, side)?;
+                    continue;
+                }
+                Some(Ready::Callback(h)) => h.into_bound(py),
+            };
             if !handle::is_cancelled(&h) {
                 Self::run_handle(slf, &h)?;
             }
@@ -635,13 +650,13 @@ impl Engine {
         let Some(st) = self.state.try_lock() else {
             return Ok(());
         };
-        for h in st
-            .ready
-            .iter()
-            .chain(st.watchers.handles())
-            .chain(st.timers.iter())
-            .chain(st.free.iter())
-        {
+        for entry in &st.ready {
+            entry.traverse(&visit)?;
+        }
+        for watcher in st.watchers.watchers() {
+            watcher.traverse(&visit)?;
+        }
+        for h in st.timers.iter().chain(st.free.iter()) {
             visit.call(h)?;
         }
         Ok(())

@@ -2,5 +2,6 @@
 
 pub mod handle;
 pub mod loop_;
+pub mod ready;
 pub mod timers;
 pub mod watchers;

@@ -1,11 +1,16 @@
-//! The reader and writer callbacks registered per file descriptor.
+//! What watches each file descriptor: asyncio handles (`add_reader`,
+//! `add_writer`) or native I/O targets (the Rust transports).
 
+use super::ready::Ready;
 use crate::backend::Interest;
 use pyo3::exceptions::{PyAttributeError, PyTypeError, PyValueError};
+use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::types::PyInt;
+use pyo3::PyTraverseError;
 use std::collections::HashMap;
 use std::os::fd::RawFd;
+use std::sync::Arc;
 
 /// Which side of an fd a callback watches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -16,13 +21,58 @@ pub enum Side {
     Write,
 }
 
-/// The handles watching one fd.
+/// A native object the engine calls when its fd is ready, with no Python
+/// handle in between: the Rust transports.
+pub trait IoTarget: Send + Sync {
+    /// The fd is ready on `side`. Errors are the target's to report; what it
+    /// returns as `Err` (SystemExit, KeyboardInterrupt) stops the loop.
+    fn on_ready(&self, py: Python<'_>, side: Side) -> PyResult<()>;
+
+    /// Visits the Python objects the target holds, for the garbage collector.
+    fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError>;
+}
+
+/// One side's watcher.
+pub enum Watcher {
+    /// An asyncio Handle, run as a callback.
+    Handle(Py<PyAny>),
+    /// A native target, called directly.
+    Native(Arc<dyn IoTarget>),
+}
+
+impl Watcher {
+    /// Visits what the watcher holds, for the garbage collector.
+    pub fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        match self {
+            Watcher::Handle(h) => visit.call(h),
+            Watcher::Native(t) => t.traverse(visit),
+        }
+    }
+
+    /// Another reference to the same watcher.
+    pub fn clone_ref(&self, py: Python<'_>) -> Self {
+        match self {
+            Watcher::Handle(h) => Watcher::Handle(h.clone_ref(py)),
+            Watcher::Native(t) => Watcher::Native(t.clone()),
+        }
+    }
+
+    /// The asyncio Handle, if it is one.
+    pub fn handle(&self) -> Option<&Py<PyAny>> {
+        match self {
+            Watcher::Handle(h) => Some(h),
+            Watcher::Native(_) => None,
+        }
+    }
+}
+
+/// The watchers of one fd.
 #[derive(Default)]
 pub struct Watch {
-    /// The `add_reader` handle.
-    pub reader: Option<Py<PyAny>>,
-    /// The `add_writer` handle.
-    pub writer: Option<Py<PyAny>>,
+    /// Called when the fd is readable.
+    pub reader: Option<Watcher>,
+    /// Called when the fd is writable.
+    pub writer: Option<Watcher>,
 }
 
 impl Watch {
@@ -34,8 +84,8 @@ impl Watch {
         }
     }
 
-    /// The handle of one side.
-    pub fn side(&mut self, side: Side) -> &mut Option<Py<PyAny>> {
+    /// The watcher of one side.
+    pub fn side(&mut self, side: Side) -> &mut Option<Watcher> {
         match side {
             Side::Read => &mut self.reader,
             Side::Write => &mut self.writer,
@@ -43,7 +93,7 @@ impl Watch {
     }
 }
 
-/// fd → handles, as asyncio's selector keys hold `(reader, writer)`.
+/// fd → watchers, as asyncio's selector keys hold `(reader, writer)`.
 #[derive(Default)]
 pub struct Watchers {
     map: HashMap<RawFd, Watch>,
@@ -55,15 +105,15 @@ impl Watchers {
         self.map.get(&fd).map(Watch::interest).unwrap_or_default()
     }
 
-    /// The handles of `fd`, if any.
+    /// The watchers of `fd`, if any.
     pub fn get(&self, fd: RawFd) -> Option<&Watch> {
         self.map.get(&fd)
     }
 
-    /// Replaces one side's handle and returns the previous one.
-    pub fn set(&mut self, fd: RawFd, side: Side, handle: Option<Py<PyAny>>) -> Option<Py<PyAny>> {
+    /// Replaces one side's watcher and returns the previous one.
+    pub fn set(&mut self, fd: RawFd, side: Side, watcher: Option<Watcher>) -> Option<Watcher> {
         let watch = self.map.entry(fd).or_default();
-        let old = std::mem::replace(watch.side(side), handle);
+        let old = std::mem::replace(watch.side(side), watcher);
         if watch.interest().is_empty() {
             self.map.remove(&fd);
         }
@@ -75,19 +125,22 @@ impl Watchers {
         self.map.keys().copied()
     }
 
-    /// Every handle, for the garbage collector.
-    pub fn handles(&self) -> impl Iterator<Item = &Py<PyAny>> {
+    /// Every watcher, for the garbage collector.
+    pub fn watchers(&self) -> impl Iterator<Item = &Watcher> {
         self.map
             .values()
             .flat_map(|w| w.reader.iter().chain(w.writer.iter()))
     }
 
-    /// Removes everything, returning the handles so they can be released
-    /// outside any lock.
-    pub fn take_all(&mut self) -> Vec<Py<PyAny>> {
+    /// Removes everything, returning it so it can be released outside any lock.
+    pub fn take_all(&mut self) -> Vec<Ready> {
         std::mem::take(&mut self.map)
             .into_values()
-            .flat_map(|w| w.reader.into_iter().chain(w.writer))
+            .flat_map(|w| {
+                let read = w.reader.map(|r| Ready::from_watcher(r, Side::Read));
+                let write = w.writer.map(|r| Ready::from_watcher(r, Side::Write));
+                read.into_iter().chain(write)
+            })
             .collect()
     }
 }
