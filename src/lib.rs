@@ -1,8 +1,11 @@
 //! `oxloop._oxloop`: the Rust engine of the oxloop asyncio event loop.
-//! This file only registers; the layers live in `engine` and `backend`.
+//! This file only registers; the layers live in `transport`, `net`,
+//! `engine` and `backend`.
 
 mod backend;
 mod engine;
+mod net;
+mod transport;
 
 use pyo3::prelude::*;
 
@@ -10,5 +13,6 @@ use pyo3::prelude::*;
 fn _oxloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     engine::handle::init(m.py())?;
     m.add_class::<engine::loop_::Engine>()?;
+    m.add_class::<transport::stream::StreamCore>()?;
     Ok(())
 }

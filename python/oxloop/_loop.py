@@ -24,6 +24,7 @@ import weakref
 from asyncio import base_events, events, format_helpers, unix_events
 
 from ._oxloop import Engine
+from ._transport import SocketTransport, make_ssl_transport
 
 __all__ = ("Loop", "SelectorEventLoop", "new_event_loop")
 
@@ -36,9 +37,10 @@ _FORMAT_TAKES_DEBUG = (
 
 # Pure-Python methods of asyncio's Unix selector loop (each resolved to the
 # most derived of its classes) whose only dependencies are the primitives
-# `Engine` provides and the attributes `Loop._init_loop` sets. The transports
-# they build (asyncio's own selector transports) drive their sockets through
-# the engine's `_add_reader`/`_add_writer`.
+# `Engine` provides and the attributes `Loop._init_loop` sets. Stream
+# transports are oxloop's (`_make_socket_transport`); the datagram, pipe and
+# subprocess transports are still asyncio's, driving their fds through the
+# engine's `_add_reader`/`_add_writer`.
 _ADOPTED = (
     # running, tasks, executors, errors, debug
     "__repr__",
@@ -116,8 +118,6 @@ _ADOPTED = (
     "connect_accepted_socket",
     "create_unix_connection",
     "create_unix_server",
-    "_make_socket_transport",
-    "_make_ssl_transport",
     "_make_datagram_transport",
     "_start_serving",
     "_accept_connection",
@@ -288,6 +288,11 @@ class Loop(Engine, asyncio.AbstractEventLoop):
             pass
         except OSError as err:
             logger.error("Unable to clean up listening UNIX socket %r: %r", path, err)
+
+    def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
+        return SocketTransport(self, sock, protocol, waiter, extra, server)
+
+    _make_ssl_transport = make_ssl_transport
 
     # -- callbacks (called by the engine) ------------------------------------
 

@@ -590,7 +590,7 @@ impl Engine {
         self.thread_id.load(Relaxed) != 0
     }
 
-    fn is_closed(&self) -> bool {
+    pub fn is_closed(&self) -> bool {
         self.closed.load(Relaxed)
     }
 

@@ -1,0 +1,235 @@
+"""Stream transports whose I/O runs in Rust.
+
+`SocketTransport` is asyncio's selector socket transport with the hot paths
+(reading, writing, buffering, the protocol calls) in the Rust `StreamCore`.
+What stays here is what asyncio does rarely and in Python: error reporting,
+connection_lost, EOF, flow-control callbacks and sendfile's empty waiter.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import warnings
+from asyncio import base_events, constants, futures, sslproto, transports, trsock
+
+from ._oxloop import StreamCore
+
+__all__ = ("SocketTransport", "make_ssl_transport")
+
+logger = logging.getLogger("asyncio")
+
+# 3.13's Server tracks its transports (close_clients/abort_clients).
+_SERVER_TRACKS_TRANSPORTS = "transport" in inspect.signature(base_events.Server._attach).parameters
+
+
+class SocketTransport(transports._FlowControlMixin, transports.Transport):
+    """A transport for a connected TCP or Unix stream socket."""
+
+    max_size = 256 * 1024
+    _start_tls_compatible = True
+    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
+    _sock = None
+
+    def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
+        super().__init__(extra, loop)
+        self._extra["socket"] = trsock.TransportSocket(sock)
+        try:
+            self._extra["sockname"] = sock.getsockname()
+        except OSError:
+            self._extra["sockname"] = None
+        if "peername" not in self._extra:
+            try:
+                self._extra["peername"] = sock.getpeername()
+            except OSError:
+                self._extra["peername"] = None
+        self._sock = sock
+        self._sock_fd = sock.fileno()
+        self._core = StreamCore(loop, self._sock_fd, self, protocol)
+        self._protocol_connected = True
+        self._server = server
+        self._empty_waiter = None
+        if server is not None:
+            self._server_call("_attach")
+        loop._transports[self._sock_fd] = self
+        base_events._set_nodelay(sock)
+        loop.call_soon(protocol.connection_made, self)
+        loop.call_soon(self._core.start_reading)
+        if waiter is not None:
+            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+
+    def _server_call(self, name):
+        method = getattr(self._server, name)
+        return method(self) if _SERVER_TRACKS_TRANSPORTS else method()
+
+    def __repr__(self):
+        info = [self.__class__.__name__]
+        if self._sock is None:
+            info.append("closed")
+        elif self.is_closing():
+            info.append("closing")
+        info.append(f"fd={self._sock_fd}")
+        if self._loop is not None and not self._loop.is_closed():
+            try:
+                events = self._loop._selector.get_key(self._sock_fd).events
+            except KeyError:
+                events = 0
+            info.append("read=polling" if events & 1 else "read=idle")
+            state = "polling" if events & 2 else "idle"
+            info.append(f"write=<{state}, bufsize={self.get_write_buffer_size()}>")
+        return "<{}>".format(" ".join(info))
+
+    # -- the transport API ---------------------------------------------------
+
+    def get_protocol(self):
+        return self._core.protocol
+
+    def set_protocol(self, protocol):
+        self._core.set_protocol(protocol)
+        self._protocol_connected = True
+
+    # The protocol, for code written against asyncio's attribute.
+    _protocol = property(get_protocol)
+
+    def is_closing(self):
+        return self._core.closing
+
+    def is_reading(self):
+        return self._core.is_reading()
+
+    def pause_reading(self):
+        if self._core.pause_reading() and self._loop.get_debug():
+            logger.debug("%r pauses reading", self)
+
+    def resume_reading(self):
+        if self._core.resume_reading() and self._loop.get_debug():
+            logger.debug("%r resumes reading", self)
+
+    def write(self, data):
+        if self._core.write(data):
+            self._maybe_pause_protocol()
+
+    def writelines(self, list_of_data):
+        self._core.writelines(list_of_data)
+
+    def write_eof(self):
+        self._core.write_eof()
+
+    def can_write_eof(self):
+        return True
+
+    def get_write_buffer_size(self):
+        return self._core.get_write_buffer_size()
+
+    def close(self):
+        self._core.close()
+
+    def abort(self):
+        self._force_close(None)
+
+    # -- rare paths, called by the core --------------------------------------
+
+    def _read_ready__on_eof(self):
+        if self._loop.get_debug():
+            logger.debug("%r received EOF", self)
+        try:
+            keep_open = self._core.protocol.eof_received()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal error: protocol.eof_received() call failed.")
+            return
+        if keep_open:
+            self._core.stop_reading()
+        else:
+            self.close()
+
+    def _fatal_error(self, exc, message="Fatal error on transport"):
+        if isinstance(exc, OSError):
+            if self._loop.get_debug():
+                logger.debug("%r: %s", self, message, exc_info=True)
+        else:
+            self._loop.call_exception_handler(
+                {
+                    "message": message,
+                    "exception": exc,
+                    "transport": self,
+                    "protocol": self._core.protocol,
+                }
+            )
+        self._force_close(exc)
+
+    def _force_close(self, exc):
+        self._core.force_close(exc)
+
+    def _call_connection_lost(self, exc):
+        try:
+            if self._protocol_connected:
+                self._core.protocol.connection_lost(exc)
+        finally:
+            self._sock.close()
+            self._sock = None
+            self._core.release()
+            self._loop = None
+            if self._server is not None:
+                self._server_call("_detach")
+                self._server = None
+            if self._empty_waiter is not None:
+                self._empty_waiter.set_exception(ConnectionError("Connection is closed by peer"))
+
+    def _make_empty_waiter(self):
+        if self._empty_waiter is not None:
+            raise RuntimeError("Empty waiter is already set")
+        self._empty_waiter = self._loop.create_future()
+        self._core.set_sendfile(True)
+        if self._core.buffer_empty():
+            self._empty_waiter.set_result(None)
+        return self._empty_waiter
+
+    def _reset_empty_waiter(self):
+        self._empty_waiter = None
+        self._core.set_sendfile(False)
+
+    def _wake_empty_waiter(self, exc):
+        if self._empty_waiter is None or self._empty_waiter.done():
+            return
+        if exc is None:
+            self._empty_waiter.set_result(None)
+        else:
+            self._empty_waiter.set_exception(exc)
+
+    def __del__(self, _warn=warnings.warn):
+        if self._sock is not None:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            self._sock.close()
+            if self._server is not None and _SERVER_TRACKS_TRANSPORTS:
+                self._server._detach(self)
+
+
+def make_ssl_transport(
+    loop,
+    rawsock,
+    protocol,
+    sslcontext,
+    waiter=None,
+    *,
+    server_side=False,
+    server_hostname=None,
+    extra=None,
+    server=None,
+    ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
+    ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT,
+):
+    """asyncio's SSL protocol over a `SocketTransport`; returns the app transport."""
+    ssl_protocol = sslproto.SSLProtocol(
+        loop,
+        protocol,
+        sslcontext,
+        waiter,
+        server_side,
+        server_hostname,
+        ssl_handshake_timeout=ssl_handshake_timeout,
+        ssl_shutdown_timeout=ssl_shutdown_timeout,
+    )
+    SocketTransport(loop, rawsock, ssl_protocol, extra=extra, server=server)
+    return ssl_protocol._app_transport

@@ -1,0 +1,141 @@
+//! The write buffer of a stream transport: what `write()` could not send at
+//! once, flushed with one `writev` per write-ready event.
+
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+use std::collections::VecDeque;
+use std::os::fd::RawFd;
+
+/// How many chunks one `writev` sends at most.
+const MAX_IOV: usize = 1024;
+
+/// Bytes waiting to be sent: a `bytes` object is kept by reference (it
+/// cannot change); anything mutable is copied.
+pub enum Chunk {
+    /// An immutable `bytes` and how much of it was sent.
+    Bytes(Py<PyBytes>, usize),
+    /// A private copy and how much of it was sent.
+    Owned(Vec<u8>, usize),
+}
+
+impl Chunk {
+    fn rest<'a>(&'a self, py: Python<'a>) -> &'a [u8] {
+        match self {
+            Chunk::Bytes(b, off) => &b.as_bytes(py)[*off..],
+            Chunk::Owned(v, off) => &v[*off..],
+        }
+    }
+
+    fn advance(&mut self, n: usize) {
+        match self {
+            Chunk::Bytes(_, off) | Chunk::Owned(_, off) => *off += n,
+        }
+    }
+}
+
+/// The queue of chunks and their total size.
+#[derive(Default)]
+pub struct WriteBuffer {
+    chunks: VecDeque<Chunk>,
+    size: usize,
+}
+
+impl WriteBuffer {
+    /// Bytes waiting.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// True when nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    /// Queues a chunk (empty chunks are dropped).
+    pub fn push(&mut self, py: Python<'_>, chunk: Chunk) {
+        let len = chunk.rest(py).len();
+        if len > 0 {
+            self.size += len;
+            self.chunks.push_back(chunk);
+        }
+    }
+
+    /// The Python objects held, for the garbage collector.
+    pub fn objects(&self) -> impl Iterator<Item = &Py<PyBytes>> {
+        self.chunks.iter().filter_map(|c| match c {
+            Chunk::Bytes(b, _) => Some(b),
+            Chunk::Owned(..) => None,
+        })
+    }
+
+    /// Drops everything, returning the chunks to release outside any lock.
+    pub fn clear(&mut self) -> VecDeque<Chunk> {
+        self.size = 0;
+        std::mem::take(&mut self.chunks)
+    }
+
+    /// Sends as much as the socket takes in one `writev`; returns the bytes
+    /// sent and the chunks fully sent (to release outside any lock).
+    pub fn flush(&mut self, py: Python<'_>, fd: RawFd) -> std::io::Result<(usize, Vec<Chunk>)> {
+        let iov: Vec<libc::iovec> = self
+            .chunks
+            .iter()
+            .take(MAX_IOV)
+            .map(|c| {
+                let rest = c.rest(py);
+                libc::iovec {
+                    iov_base: rest.as_ptr() as *mut _,
+                    iov_len: rest.len(),
+                }
+            })
+            .collect();
+        let msg = libc::msghdr {
+            msg_name: std::ptr::null_mut(),
+            msg_namelen: 0,
+            msg_iov: iov.as_ptr() as *mut _,
+            msg_iovlen: iov.len() as _,
+            msg_control: std::ptr::null_mut(),
+            msg_controllen: 0,
+            msg_flags: 0,
+        };
+        // SAFETY: every iovec points into a chunk this buffer keeps alive
+        // (bytes objects are immutable, owned copies are not touched) for the
+        // duration of the call.
+        let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL) };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok((n as usize, self.consume(py, n as usize)))
+    }
+
+    /// Marks `n` bytes as sent.
+    fn consume(&mut self, py: Python<'_>, mut n: usize) -> Vec<Chunk> {
+        self.size -= n;
+        let mut done = Vec::new();
+        while n > 0 {
+            let Some(front) = self.chunks.front_mut() else {
+                break;
+            };
+            let len = front.rest(py).len();
+            if len <= n {
+                n -= len;
+                done.extend(self.chunks.pop_front());
+            } else {
+                front.advance(n);
+                n = 0;
+            }
+        }
+        done
+    }
+}
+
+/// `send(2)` without SIGPIPE: how much of `data` the socket took.
+pub fn send(fd: RawFd, data: &[u8]) -> std::io::Result<usize> {
+    // SAFETY: `data` is a live slice for the duration of the call.
+    let n = unsafe { libc::send(fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}

@@ -1,0 +1,664 @@
+//! The I/O of a stream transport (TCP and Unix stream sockets), in Rust.
+//!
+//! `oxloop._transport.SocketTransport` (an `asyncio.Transport`, so that
+//! `isinstance` holds) owns a [`StreamCore`]. The core reads, writes and
+//! buffers, and calls the protocol's methods directly, resolved once when the
+//! protocol is set; the rare paths (errors, `connection_lost`, sendfile
+//! waiters, EOF) stay in the Python class, as asyncio writes them.
+
+use super::buffer::{send, Chunk, WriteBuffer};
+use crate::engine::handle;
+use crate::engine::loop_::Engine;
+use crate::engine::watchers::{IoTarget, Side, Watcher};
+use crate::net::os_error;
+use parking_lot::Mutex;
+use pyo3::buffer::PyBuffer;
+use pyo3::exceptions::{PyRuntimeError, PyTypeError};
+use pyo3::gc::PyVisit;
+use pyo3::prelude::*;
+use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
+use pyo3::PyTraverseError;
+use std::cell::RefCell;
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::Arc;
+
+/// asyncio's `_SelectorTransport.max_size`: the most one read returns.
+const MAX_READ: usize = 256 * 1024;
+/// asyncio's `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
+const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
+
+thread_local! {
+    /// The buffer reads land in before they become one `bytes`.
+    static READ_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; MAX_READ]);
+}
+
+/// How the protocol takes data: `data_received`, or `get_buffer` and
+/// `buffer_updated` for an `asyncio.BufferedProtocol`.
+enum Reader {
+    Plain(Py<PyAny>),
+    Buffered(Py<PyAny>, Py<PyAny>),
+}
+
+impl Reader {
+    fn for_protocol(protocol: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let py = protocol.py();
+        let buffered = py.import("asyncio")?.getattr("BufferedProtocol")?;
+        Ok(if protocol.is_instance(&buffered)? {
+            Reader::Buffered(
+                protocol.getattr("get_buffer")?.unbind(),
+                protocol.getattr("buffer_updated")?.unbind(),
+            )
+        } else {
+            Reader::Plain(protocol.getattr("data_received")?.unbind())
+        })
+    }
+
+    fn clone_ref(&self, py: Python<'_>) -> Self {
+        match self {
+            Reader::Plain(d) => Reader::Plain(d.clone_ref(py)),
+            Reader::Buffered(g, u) => Reader::Buffered(g.clone_ref(py), u.clone_ref(py)),
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    protocol: Option<Py<PyAny>>,
+    reader: Option<Reader>,
+    buffer: WriteBuffer,
+    closing: bool,
+    eof: bool,
+    paused: bool,
+    conn_lost: u32,
+    /// A sendfile is waiting for the buffer to drain (`_empty_waiter`).
+    sendfile: bool,
+}
+
+/// The native half of a stream transport.
+#[pyclass(frozen, module = "oxloop._oxloop", name = "StreamCore")]
+pub struct StreamCore {
+    engine: Py<Engine>,
+    fd: RawFd,
+    transport: Py<PyAny>,
+    state: Mutex<State>,
+}
+
+/// What the engine's watcher holds: a reference to the core, so the garbage
+/// collector sees exactly one owner of what the core refers to.
+struct CoreRef(Py<StreamCore>);
+
+impl IoTarget for CoreRef {
+    fn on_ready(&self, py: Python<'_>, side: Side) -> PyResult<()> {
+        let core = self.0.bind(py);
+        match side {
+            Side::Read => StreamCore::read_ready(core),
+            Side::Write => StreamCore::write_ready(core),
+        }
+    }
+
+    fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.0)
+    }
+}
+
+fn would_block(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
+}
+
+impl StreamCore {
+    /// Starts or stops watching one side of the socket.
+    fn watch(slf: &Bound<'_, Self>, side: Side, on: bool) -> PyResult<()> {
+        let this = slf.get();
+        let engine = this.engine.get();
+        if !on && engine.is_closed() {
+            return Ok(());
+        }
+        let watcher = on.then(|| Watcher::Native(Arc::new(CoreRef(slf.clone().unbind()))));
+        let previous = engine.set_watcher(this.fd, side, watcher)?;
+        drop(previous);
+        Ok(())
+    }
+
+    /// asyncio's `_fatal_error`, unless the exception must stop the loop.
+    fn fatal_error(slf: &Bound<'_, Self>, err: PyErr, message: &str) -> PyResult<()> {
+        let py = slf.py();
+        if handle::escapes(py, &err) {
+            return Err(err);
+        }
+        let transport = slf.get().transport.bind(py);
+        transport
+            .call_method1("_fatal_error", (err.value(py), message))
+            .map(drop)
+    }
+
+    /// Schedules `transport._call_connection_lost(exc)`.
+    fn schedule_connection_lost(
+        slf: &Bound<'_, Self>,
+        exc: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let callback = this.transport.bind(py).getattr("_call_connection_lost")?;
+        this.engine
+            .bind(py)
+            .call_method1("call_soon", (callback, exc))
+            .map(drop)
+    }
+
+    fn read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let reader = {
+            let st = this.state.lock();
+            if st.conn_lost > 0 {
+                return Ok(());
+            }
+            st.reader.as_ref().map(|r| r.clone_ref(py))
+        };
+        match reader {
+            None => Ok(()),
+            Some(Reader::Plain(data_received)) => {
+                Self::read_into_bytes(slf, data_received.bind(py))
+            }
+            Some(Reader::Buffered(get_buffer, buffer_updated)) => {
+                Self::read_into_protocol(slf, get_buffer.bind(py), buffer_updated.bind(py))
+            }
+        }
+    }
+
+    /// Reads one `bytes` and hands it to `protocol.data_received`.
+    fn read_into_bytes(slf: &Bound<'_, Self>, data_received: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let fd = slf.get().fd;
+        let data = READ_BUF.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            recv(fd, &mut buf).map(|n| (n > 0).then(|| PyBytes::new(py, &buf[..n])))
+        });
+        match data {
+            Err(e) if would_block(&e) => Ok(()),
+            Err(e) => Self::fatal_error(slf, os_error(e), "Fatal read error on socket transport"),
+            Ok(None) => slf
+                .get()
+                .transport
+                .call_method0(py, "_read_ready__on_eof")
+                .map(drop),
+            Ok(Some(data)) => match data_received.call1((data,)) {
+                Ok(_) => Ok(()),
+                Err(e) => {
+                    Self::fatal_error(slf, e, "Fatal error: protocol.data_received() call failed.")
+                }
+            },
+        }
+    }
+
+    /// Reads into the buffer a `BufferedProtocol` hands out.
+    fn read_into_protocol(
+        slf: &Bound<'_, Self>,
+        get_buffer: &Bound<'_, PyAny>,
+        buffer_updated: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let fd = slf.get().fd;
+        let target = get_buffer.call1((-1,)).and_then(|b| {
+            let buf = PyBuffer::<u8>::get(&b)?;
+            if buf.item_count() == 0 {
+                return Err(PyRuntimeError::new_err(
+                    "get_buffer() returned an empty buffer",
+                ));
+            }
+            Ok(buf)
+        });
+        let buf = match target {
+            Ok(buf) => buf,
+            Err(e) => {
+                return Self::fatal_error(slf, e, "Fatal error: protocol.get_buffer() call failed.")
+            }
+        };
+        let read = if buf.readonly() || !buf.is_c_contiguous() {
+            Err(PyTypeError::new_err(
+                "get_buffer() must return a writable, contiguous buffer",
+            ))
+        } else {
+            // SAFETY: the buffer is writable, C-contiguous and `len_bytes`
+            // long, and stays exported (so alive and unmoved) until `buf` drops.
+            let n = unsafe { libc::recv(fd, buf.buf_ptr(), buf.len_bytes(), 0) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if would_block(&e) {
+                    return Ok(());
+                }
+                Err(os_error(e))
+            } else {
+                Ok(n as usize)
+            }
+        };
+        drop(buf);
+        match read {
+            Err(e) => Self::fatal_error(slf, e, "Fatal read error on socket transport"),
+            Ok(0) => slf
+                .get()
+                .transport
+                .call_method0(py, "_read_ready__on_eof")
+                .map(drop),
+            Ok(n) => match buffer_updated.call1((n,)) {
+                Ok(_) => Ok(()),
+                Err(e) => Self::fatal_error(
+                    slf,
+                    e,
+                    "Fatal error: protocol.buffer_updated() call failed.",
+                ),
+            },
+        }
+    }
+
+    fn write_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let flushed = {
+            let mut st = this.state.lock();
+            if st.conn_lost > 0 || st.buffer.is_empty() {
+                return Ok(());
+            }
+            st.buffer.flush(py, this.fd)
+        };
+        let transport = this.transport.bind(py);
+        match flushed {
+            Err(e) if would_block(&e) => return Ok(()),
+            Err(e) => {
+                Self::watch(slf, Side::Write, false)?;
+                let (dropped, sendfile) = {
+                    let mut st = this.state.lock();
+                    (st.buffer.clear(), st.sendfile)
+                };
+                drop(dropped);
+                let err = os_error(e);
+                let exc = err.value(py).clone();
+                Self::fatal_error(slf, err, "Fatal write error on socket transport")?;
+                if sendfile {
+                    transport.call_method1("_wake_empty_waiter", (exc,))?;
+                }
+                return Ok(());
+            }
+            Ok((_, sent)) => drop(sent),
+        }
+        transport.call_method0("_maybe_resume_protocol")?; // may write more
+        let (empty, closing, eof, sendfile) = {
+            let st = this.state.lock();
+            (st.buffer.is_empty(), st.closing, st.eof, st.sendfile)
+        };
+        if empty {
+            Self::watch(slf, Side::Write, false)?;
+            if sendfile {
+                transport.call_method1("_wake_empty_waiter", (py.None(),))?;
+            }
+            if closing {
+                transport.call_method1("_call_connection_lost", (py.None(),))?;
+            } else if eof {
+                shutdown_write(this.fd)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The bytes of `data` (bytes, bytearray, memoryview) and, for `bytes`,
+    /// the object itself, which can be kept instead of copied.
+    fn with_bytes<R>(
+        data: &Bound<'_, PyAny>,
+        f: impl FnOnce(&[u8], Option<&Bound<'_, PyBytes>>) -> PyResult<R>,
+    ) -> PyResult<R> {
+        if let Ok(b) = data.cast::<PyBytes>() {
+            return f(b.as_bytes(), Some(b));
+        }
+        let buf = PyBuffer::<u8>::get(data)?;
+        if !buf.is_c_contiguous() {
+            return Err(PyTypeError::new_err("data must be a C-contiguous buffer"));
+        }
+        // SAFETY: the buffer is C-contiguous, `len_bytes` long and exported
+        // (alive, unmoved) while `buf` lives; the GIL is held throughout.
+        let bytes =
+            unsafe { std::slice::from_raw_parts(buf.buf_ptr() as *const u8, buf.len_bytes()) };
+        f(bytes, None)
+    }
+
+    fn check_writable(&self, what: &str) -> PyResult<()> {
+        let st = self.state.lock();
+        if st.eof {
+            return Err(PyRuntimeError::new_err(format!(
+                "Cannot call {what}() after write_eof()"
+            )));
+        }
+        if st.sendfile {
+            return Err(PyRuntimeError::new_err(format!(
+                "unable to {what}; sendfile is in progress"
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is a live, writable slice for the duration of the call.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+fn shutdown_write(fd: RawFd) -> PyResult<()> {
+    // SAFETY: plain syscall on an fd the transport's socket owns.
+    if unsafe { libc::shutdown(fd, libc::SHUT_WR) } < 0 {
+        return Err(os_error(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+#[pymethods]
+impl StreamCore {
+    /// The core of `transport` for the connected socket `fd` on `loop`.
+    #[new]
+    fn new(
+        loop_: &Bound<'_, PyAny>,
+        fd: RawFd,
+        transport: Py<PyAny>,
+        protocol: &Bound<'_, PyAny>,
+    ) -> PyResult<Self> {
+        let engine = loop_.cast::<Engine>()?.clone().unbind();
+        let state = State {
+            protocol: Some(protocol.clone().unbind()),
+            reader: Some(Reader::for_protocol(protocol)?),
+            ..State::default()
+        };
+        Ok(Self {
+            engine,
+            fd,
+            transport,
+            state: Mutex::new(state),
+        })
+    }
+
+    /// The protocol data goes to.
+    #[getter]
+    fn protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.state.lock().protocol.as_ref().map(|p| p.clone_ref(py))
+    }
+
+    /// Switches protocols (asyncio's `set_protocol`).
+    fn set_protocol(&self, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+        let reader = Reader::for_protocol(protocol)?;
+        let old = {
+            let mut st = self.state.lock();
+            (
+                st.protocol.replace(protocol.clone().unbind()),
+                st.reader.replace(reader),
+            )
+        };
+        drop(old);
+        Ok(())
+    }
+
+    /// Watches for reading unless closing or paused.
+    fn start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        if slf.get().is_reading() {
+            Self::watch(slf, Side::Read, true)?;
+        }
+        Ok(())
+    }
+
+    /// Stops watching for reading (after an EOF the protocol keeps open).
+    fn stop_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::watch(slf, Side::Read, false)
+    }
+
+    fn is_reading(&self) -> bool {
+        let st = self.state.lock();
+        !st.closing && !st.paused
+    }
+
+    /// True when reading was paused now.
+    fn pause_reading(slf: &Bound<'_, Self>) -> PyResult<bool> {
+        {
+            let mut st = slf.get().state.lock();
+            if st.closing || st.paused {
+                return Ok(false);
+            }
+            st.paused = true;
+        }
+        Self::watch(slf, Side::Read, false)?;
+        Ok(true)
+    }
+
+    /// True when reading was resumed now.
+    fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<bool> {
+        {
+            let mut st = slf.get().state.lock();
+            if st.closing || !st.paused {
+                return Ok(false);
+            }
+            st.paused = false;
+        }
+        Self::watch(slf, Side::Read, true)?;
+        Ok(true)
+    }
+
+    #[getter]
+    fn closing(&self) -> bool {
+        self.state.lock().closing
+    }
+
+    fn get_write_buffer_size(&self) -> usize {
+        self.state.lock().buffer.size()
+    }
+
+    /// True when nothing waits to be written.
+    fn buffer_empty(&self) -> bool {
+        self.state.lock().buffer.is_empty()
+    }
+
+    /// Marks a sendfile in progress (`_make_empty_waiter`) or done.
+    fn set_sendfile(&self, active: bool) {
+        self.state.lock().sendfile = active;
+    }
+
+    /// asyncio's `write`: sends at once what the socket takes and buffers the
+    /// rest. True when data was buffered, so flow control has to look.
+    fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let py = slf.py();
+        let this = slf.get();
+        if !(data.is_instance_of::<PyBytes>()
+            || data.is_instance_of::<PyByteArray>()
+            || data.is_instance_of::<PyMemoryView>())
+        {
+            let name = data.get_type().name()?;
+            return Err(PyTypeError::new_err(format!(
+                "data argument must be a bytes-like object, not '{name}'"
+            )));
+        }
+        this.check_writable("write")?;
+        Self::with_bytes(data, |bytes, whole| {
+            if bytes.is_empty() {
+                return Ok(false);
+            }
+            let (lost, warn, empty) = {
+                let mut st = this.state.lock();
+                let lost = st.conn_lost;
+                if lost > 0 {
+                    st.conn_lost += 1;
+                }
+                (
+                    lost > 0,
+                    lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES,
+                    st.buffer.is_empty(),
+                )
+            };
+            if lost {
+                if warn {
+                    let logger = py.import("asyncio.log")?.getattr("logger")?;
+                    logger.call_method1("warning", ("socket.send() raised exception.",))?;
+                }
+                return Ok(false);
+            }
+            let mut sent = 0;
+            if empty {
+                match send(this.fd, bytes) {
+                    Ok(n) if n == bytes.len() => return Ok(false),
+                    Ok(n) => sent = n,
+                    Err(e) if would_block(&e) => {}
+                    Err(e) => {
+                        Self::fatal_error(
+                            slf,
+                            os_error(e),
+                            "Fatal write error on socket transport",
+                        )?;
+                        return Ok(false);
+                    }
+                }
+                Self::watch(slf, Side::Write, true)?;
+            }
+            let chunk = match whole {
+                Some(b) => Chunk::Bytes(b.clone().unbind(), sent),
+                None => Chunk::Owned(bytes[sent..].to_vec(), 0),
+            };
+            this.state.lock().buffer.push(py, chunk);
+            Ok(true)
+        })
+    }
+
+    /// asyncio's `writelines`: buffers every chunk, then one write attempt.
+    fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_writable("writelines")?;
+        if !list_of_data.is_truthy()? {
+            return Ok(());
+        }
+        let mut chunks = Vec::new();
+        for data in list_of_data.try_iter()? {
+            let data = data?;
+            chunks.push(Self::with_bytes(&data, |bytes, whole| {
+                Ok(match whole {
+                    Some(b) => Chunk::Bytes(b.clone().unbind(), 0),
+                    None => Chunk::Owned(bytes.to_vec(), 0),
+                })
+            })?);
+        }
+        {
+            let mut st = this.state.lock();
+            for chunk in chunks {
+                st.buffer.push(py, chunk);
+            }
+        }
+        Self::write_ready(slf)?;
+        if !this.buffer_empty() {
+            Self::watch(slf, Side::Write, true)?;
+        }
+        Ok(())
+    }
+
+    /// asyncio's `write_eof`: shuts the socket for writing once the buffer drains.
+    fn write_eof(&self) -> PyResult<()> {
+        let empty = {
+            let mut st = self.state.lock();
+            if st.closing || st.eof {
+                return Ok(());
+            }
+            st.eof = true;
+            st.buffer.is_empty()
+        };
+        if empty {
+            shutdown_write(self.fd)?;
+        }
+        Ok(())
+    }
+
+    /// asyncio's `close`: stop reading; connection_lost once the buffer drained.
+    fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let this = slf.get();
+        {
+            let mut st = this.state.lock();
+            if st.closing {
+                return Ok(());
+            }
+            st.closing = true;
+        }
+        Self::watch(slf, Side::Read, false)?;
+        let empty = {
+            let mut st = this.state.lock();
+            let empty = st.buffer.is_empty();
+            if empty {
+                st.conn_lost += 1;
+            }
+            empty
+        };
+        if empty {
+            Self::watch(slf, Side::Write, false)?;
+            Self::schedule_connection_lost(slf, None)?;
+        }
+        Ok(())
+    }
+
+    /// asyncio's `_force_close`: drop the buffer, stop, connection_lost(exc).
+    #[pyo3(signature = (exc=None))]
+    fn force_close(slf: &Bound<'_, Self>, exc: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        let this = slf.get();
+        let (dropped, stop_reading) = {
+            let mut st = this.state.lock();
+            if st.conn_lost > 0 {
+                return Ok(());
+            }
+            let had_buffer = !st.buffer.is_empty();
+            let dropped = st.buffer.clear();
+            let stop_reading = !st.closing;
+            st.closing = true;
+            st.conn_lost += 1;
+            (had_buffer.then_some(dropped), stop_reading)
+        };
+        if let Some(dropped) = dropped {
+            drop(dropped);
+            Self::watch(slf, Side::Write, false)?;
+        }
+        if stop_reading {
+            Self::watch(slf, Side::Read, false)?;
+        }
+        Self::schedule_connection_lost(slf, exc)
+    }
+
+    /// Drops the protocol and the buffer once the connection is lost.
+    fn release(&self) {
+        let released = {
+            let mut st = self.state.lock();
+            (st.protocol.take(), st.reader.take(), st.buffer.clear())
+        };
+        drop(released);
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.engine)?;
+        visit.call(&self.transport)?;
+        let Some(st) = self.state.try_lock() else {
+            return Ok(());
+        };
+        visit.call(&st.protocol)?;
+        match &st.reader {
+            Some(Reader::Plain(d)) => visit.call(d)?,
+            Some(Reader::Buffered(g, u)) => {
+                visit.call(g)?;
+                visit.call(u)?;
+            }
+            None => {}
+        }
+        for b in st.buffer.objects() {
+            visit.call(b)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        self.release();
+    }
+}
