@@ -1,0 +1,360 @@
+"""Stream transports: TCP and Unix sockets, Protocol and BufferedProtocol,
+flow control, half-close, errors -- on oxloop and on asyncio's loop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import tempfile
+
+import pytest
+
+
+class Collect(asyncio.Protocol):
+    """Records what the transport does to it."""
+
+    def __init__(self, loop, keep_open=False):
+        self.data = bytearray()
+        self.events = []
+        self.keep_open = keep_open
+        self.lost = loop.create_future()
+        self.transport = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.events.append("made")
+
+    def data_received(self, data):
+        assert isinstance(data, bytes)
+        self.data += data
+
+    def eof_received(self):
+        self.events.append("eof")
+        return self.keep_open
+
+    def pause_writing(self):
+        self.events.append("pause")
+
+    def resume_writing(self):
+        self.events.append("resume")
+
+    def connection_lost(self, exc):
+        self.events.append("lost")
+        if not self.lost.done():
+            self.lost.set_result(exc)
+
+
+class Echo(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.transport.write(data)
+
+
+class BufferedEcho(asyncio.BufferedProtocol):
+    def __init__(self):
+        self.buf = bytearray(1000)
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def get_buffer(self, sizehint):
+        return self.buf
+
+    def buffer_updated(self, nbytes):
+        self.transport.write(bytes(self.buf[:nbytes]))
+
+
+async def serve(loop, factory, family=socket.AF_INET):
+    if family == socket.AF_UNIX:
+        path = os.path.join(tempfile.mkdtemp(), "sock")
+        server = await loop.create_unix_server(factory, path)
+        return server, path
+    server = await loop.create_server(factory, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()
+
+
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_UNIX])
+@pytest.mark.parametrize("server_proto", [Echo, BufferedEcho])
+def test_echo_round_trips(loop, family, server_proto):
+    async def main():
+        server, addr = await serve(loop, server_proto, family)
+        if family == socket.AF_UNIX:
+            reader, writer = await asyncio.open_unix_connection(addr)
+        else:
+            reader, writer = await asyncio.open_connection(*addr)
+        assert isinstance(writer.transport, asyncio.Transport)
+        for i in range(50):
+            line = f"line {i}\n".encode() * (i + 1)
+            writer.write(line)
+            assert await reader.readexactly(len(line)) == line
+        big = os.urandom(3 * 1024 * 1024)
+        writer.write(big)
+        assert await reader.readexactly(len(big)) == big
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+
+    loop.run_until_complete(main())
+
+
+def test_extra_info_and_protocol_switch(loop):
+    async def main():
+        server, addr = await serve(loop, Echo)
+        first = Collect(loop)
+        transport, _ = await loop.create_connection(lambda: first, *addr)
+        assert transport.get_extra_info("peername") == addr
+        assert (
+            transport.get_extra_info("sockname") == transport.get_extra_info("socket").getsockname()
+        )
+        assert transport.get_extra_info("nonexistent", 42) == 42
+        assert transport.get_protocol() is first
+        assert transport.can_write_eof()
+        second = Collect(loop)
+        transport.set_protocol(second)
+        assert transport.get_protocol() is second
+        transport.write(b"to the second protocol")
+        while len(second.data) < 22:
+            await asyncio.sleep(0.001)
+        assert bytes(second.data) == b"to the second protocol" and not first.data
+        transport.close()
+        assert transport.is_closing()
+        assert await second.lost is None
+        server.close()
+        await server.wait_closed()
+
+    loop.run_until_complete(main())
+
+
+def test_close_flushes_what_was_written(loop):
+    async def main():
+        received = loop.create_future()
+
+        class Sink(asyncio.Protocol):
+            def connection_made(self, transport):
+                self.buf = bytearray()
+                transport.pause_reading()
+                loop.call_later(0.05, transport.resume_reading)
+
+            def data_received(self, data):
+                self.buf += data
+
+            def connection_lost(self, exc):
+                received.set_result(bytes(self.buf))
+
+        server, addr = await serve(loop, Sink)
+        payload = os.urandom(8 * 1024 * 1024)
+        proto = Collect(loop)
+        transport, _ = await loop.create_connection(lambda: proto, *addr)
+        transport.write(payload)
+        assert transport.get_write_buffer_size() > 0
+        transport.close()
+        # as in asyncio, a transport still flushing after close() takes writes
+        transport.write(b"written after close")
+        assert await proto.lost is None
+        assert await received == payload + b"written after close"
+        server.close()
+        await server.wait_closed()
+
+    loop.run_until_complete(main())
+
+
+def test_abort_drops_the_buffer(loop):
+    async def main():
+        peer = loop.create_future()
+
+        class Paused(asyncio.Protocol):
+            def connection_made(self, transport):
+                transport.pause_reading()
+                peer.set_result(transport)
+
+        server, addr = await serve(loop, Paused)
+        proto = Collect(loop)
+        transport, _ = await loop.create_connection(lambda: proto, *addr)
+        transport.write(os.urandom(32 * 1024 * 1024))
+        assert transport.get_write_buffer_size() > 0
+        transport.abort()
+        assert transport.get_write_buffer_size() == 0
+        assert transport.is_closing()
+        assert await proto.lost is None
+        (await peer).close()
+        server.close()
+        await server.wait_closed()
+
+    loop.run_until_complete(main())
+
+
+def test_flow_control_pauses_and_resumes_the_protocol(loop):
+    async def main():
+        peer = loop.create_future()
+
+        class Slow(asyncio.Protocol):
+            def connection_made(self, transport):
+                transport.pause_reading()
+                peer.set_result(transport)
+
+            def data_received(self, data):
+                pass
+
+        server, addr = await serve(loop, Slow)
+        proto = Collect(loop)
+        transport, _ = await loop.create_connection(lambda: proto, *addr)
+        transport.set_write_buffer_limits(high=64 * 1024, low=16 * 1024)
+        assert transport.get_write_buffer_limits() == (16 * 1024, 64 * 1024)
+        server_side = await peer
+        while "pause" not in proto.events:
+            transport.write(b"x" * 65536)
+        assert transport.get_write_buffer_size() > 64 * 1024
+        server_side.resume_reading()
+        while "resume" not in proto.events:
+            await asyncio.sleep(0.001)
+        assert transport.get_write_buffer_size() <= 16 * 1024
+        transport.close()
+        await proto.lost
+        assert proto.events == ["made", "pause", "resume", "lost"]
+        server.close()
+        await server.wait_closed()
+
+    loop.run_until_complete(main())
+
+
+def test_write_eof_half_close(loop):
+    async def main():
+        got = loop.create_future()
+
+        class Reply(asyncio.Protocol):
+            def connection_made(self, transport):
+                self.transport = transport
+                self.buf = b""
+
+            def data_received(self, data):
+                self.buf += data
+
+            def eof_received(self):
+                self.transport.write(b"reply to " + self.buf)
+                self.transport.close()
+                got.set_result(self.buf)
+
+        server, addr = await serve(loop, Reply)
+        proto = Collect(loop, keep_open=True)
+        transport, _ = await loop.create_connection(lambda: proto, *addr)
+        transport.write(b"question")
+        transport.write_eof()
+        with pytest.raises(RuntimeError, match="write_eof"):
+            transport.write(b"more")
+        assert await got == b"question"
+        while "eof" not in proto.events:
+            await asyncio.sleep(0.001)
+        assert bytes(proto.data) == b"reply to question"
+        transport.close()
+        assert await proto.lost is None
+        assert proto.events == ["made", "eof", "lost"]
+        server.close()
+        await server.wait_closed()
+
+    loop.run_until_complete(main())
+
+
+def test_bad_writes_raise_what_asyncio_raises(loop):
+    async def main():
+        server, addr = await serve(loop, Echo)
+        proto = Collect(loop)
+        transport, _ = await loop.create_connection(lambda: proto, *addr)
+        for bad in ("text", 42, None, [b"list"]):
+            with pytest.raises(TypeError, match="data argument must be a bytes-like object"):
+                transport.write(bad)
+        transport.write(b"")
+        transport.write(bytearray(b"ba"))
+        transport.write(memoryview(b"mv"))
+        transport.writelines([b"a", bytearray(b"b"), memoryview(b"c")])
+        while len(proto.data) < 7:
+            await asyncio.sleep(0.001)
+        assert bytes(proto.data) == b"bamvabc"
+        transport.close()
+        await proto.lost
+        server.close()
+        await server.wait_closed()
+
+    loop.run_until_complete(main())
+
+
+def test_peer_reset_reaches_connection_lost(loop):
+    async def main():
+        accepted = loop.create_future()
+
+        class Keep(asyncio.Protocol):
+            def connection_made(self, transport):
+                accepted.set_result(transport)
+
+        server, addr = await serve(loop, Keep)
+        proto = Collect(loop)
+        transport, _ = await loop.create_connection(lambda: proto, *addr)
+        peer = await accepted
+        sock = peer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        peer.abort()
+        exc = await proto.lost
+        assert exc is None or isinstance(exc, ConnectionError)
+        for _ in range(3):
+            transport.write(b"after reset")
+        server.close()
+        await server.wait_closed()
+
+    loop.run_until_complete(main())
+
+
+def test_raising_protocol_reaches_handler_and_closes(loop):
+    contexts = []
+    loop.set_exception_handler(lambda lp, ctx: contexts.append(ctx))
+
+    async def main():
+        class Bad(asyncio.Protocol):
+            def connection_made(self, transport):
+                self.transport = transport
+                self.lost = loop.create_future()
+
+            def data_received(self, data):
+                raise ValueError("protocol broke")
+
+            def connection_lost(self, exc):
+                self.lost.set_result(exc)
+
+        bad = Bad()
+        server, addr = await serve(loop, lambda: bad)
+        proto = Collect(loop)
+        transport, _ = await loop.create_connection(lambda: proto, *addr)
+        transport.write(b"boom")
+        exc = await bad.lost
+        assert isinstance(exc, ValueError)
+        await proto.lost
+        server.close()
+        await server.wait_closed()
+
+    loop.run_until_complete(main())
+    assert contexts[0]["message"] == "Fatal error: protocol.data_received() call failed."
+    assert isinstance(contexts[0]["exception"], ValueError)
+    assert "transport" in contexts[0] and "protocol" in contexts[0]
+
+
+def test_no_fd_left_after_many_connections(loop):
+    def open_fds():
+        return len(os.listdir("/proc/self/fd"))
+
+    async def main():
+        server, addr = await serve(loop, Echo)
+        before = open_fds()
+        for _ in range(100):
+            reader, writer = await asyncio.open_connection(*addr)
+            writer.write(b"ping")
+            assert await reader.readexactly(4) == b"ping"
+            writer.close()
+            await writer.wait_closed()
+        await asyncio.sleep(0.01)
+        assert open_fds() <= before
+        server.close()
+        await server.wait_closed()
+
+    loop.run_until_complete(main())
