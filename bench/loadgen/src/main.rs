@@ -1,0 +1,123 @@
+//! A TCP echo load generator: `conns` connections, each sending a `size`-byte
+//! message and waiting for all of it to come back, in a loop, for `seconds`.
+//! One thread, non-blocking sockets, epoll. Prints one JSON line.
+//!
+//!     oxloop-loadgen PORT CONNS SIZE SECONDS
+
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+struct Conn {
+    stream: TcpStream,
+    sent: usize,
+    received: usize,
+    started: Instant,
+}
+
+/// Writes what the socket takes of the rest of the message (edge-triggered:
+/// until it would block).
+fn send_rest(c: &mut Conn, message: &[u8]) -> io::Result<()> {
+    while c.sent < message.len() {
+        match c.stream.write(&message[c.sent..]) {
+            Ok(k) => c.sent += k,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn main() -> io::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let [_, port, conns, size, seconds] = &args[..] else {
+        eprintln!("usage: oxloop-loadgen PORT CONNS SIZE SECONDS");
+        std::process::exit(2);
+    };
+    let port: u16 = port.parse().expect("port");
+    let nconns: usize = conns.parse().expect("conns");
+    let size: usize = size.parse().expect("size");
+    let duration = Duration::from_secs_f64(seconds.parse().expect("seconds"));
+    let message = vec![b'x'; size];
+    let mut buf = vec![0u8; 1 << 20];
+
+    // SAFETY: plain syscall; the result is checked.
+    let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    assert!(epfd >= 0, "epoll_create1");
+    let mut conns = Vec::with_capacity(nconns);
+    for i in 0..nconns {
+        let stream = TcpStream::connect(("127.0.0.1", port))?;
+        stream.set_nodelay(true)?;
+        stream.set_nonblocking(true)?;
+        let mut ev = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLET) as u32,
+            u64: i as u64,
+        };
+        // SAFETY: `ev` is live for the call; the fd belongs to `stream`.
+        let r = unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, stream.as_raw_fd(), &mut ev) };
+        assert_eq!(r, 0, "epoll_ctl");
+        conns.push(Conn {
+            stream,
+            sent: 0,
+            received: 0,
+            started: Instant::now(),
+        });
+    }
+
+    let mut latencies_us: Vec<u32> = Vec::with_capacity(1 << 20);
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut requests: u64 = 0;
+    while Instant::now() < deadline {
+        // SAFETY: the buffer has room for `events.len()` entries.
+        let n = unsafe { libc::epoll_wait(epfd, events.as_mut_ptr(), events.len() as i32, 100) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        for ev in &events[..n as usize] {
+            let c = &mut conns[ev.u64 as usize];
+            send_rest(c, &message)?;
+            loop {
+                match c.stream.read(&mut buf) {
+                    Ok(0) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "server closed",
+                        ))
+                    }
+                    Ok(k) => c.received += k,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            if c.received >= size {
+                requests += 1;
+                latencies_us.push(c.started.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                c.received -= size;
+                c.sent = 0;
+                c.started = Instant::now();
+                send_rest(c, &message)?;
+            }
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    latencies_us.sort_unstable();
+    let pct = |p: f64| {
+        latencies_us
+            .get(((latencies_us.len() as f64 - 1.0) * p) as usize)
+            .copied()
+            .unwrap_or(0)
+    };
+    println!(
+        "{{\"requests\": {requests}, \"seconds\": {elapsed:.3}, \"p50_us\": {}, \"p99_us\": {}}}",
+        pct(0.5),
+        pct(0.99)
+    );
+    Ok(())
+}
