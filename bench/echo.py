@@ -104,7 +104,8 @@ def main() -> int:
     base = "uvloop" if "uvloop" in loops else "asyncio"
     cells = []
     print(
-        f"Python {sys.version.split()[0]}; server CPU µs/request (ratio to {base}), requests/s, p50/p99 µs"
+        f"Python {sys.version.split()[0]}; server CPU µs/request (ratio to {base}), "
+        "requests/s, p50/p99 µs"
     )
     print(f"{'kind':<9}{'size':>7}{'conns':>6}  " + "".join(f"{name:>36}" for name in loops))
     for kind in opts.kinds.split(","):
