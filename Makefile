@@ -1,27 +1,32 @@
 # oxloop's two commands:
 #   make run    build oxloop and run a demo asyncio program on it
 #   make test   lint, Rust unit tests, then for every Python: behaviour tests
-#               and CPython's test_asyncio conformance suite
+#               (integration tests against real redis-server and PostgreSQL
+#               included) and CPython's test_asyncio conformance suite
+#   make bench  micro and TCP echo benchmarks: oxloop vs uvloop vs asyncio
 # Everything installs into .venv-<version>/ (pip packages and the Rust build).
 
 PY_VERSIONS ?= 3.11 3.12 3.13
 RUN_VERSION ?= 3.12
-DEV_PACKAGES = maturin pytest pytest-timeout ruff
 
 venv = $(CURDIR)/.venv-$(1)
 vpy = $(call venv,$(1))/bin/python
 
-.PHONY: run test lint rust-test bench clean $(addprefix venv-,$(PY_VERSIONS)) $(addprefix test-,$(PY_VERSIONS))
+.PHONY: run test lint rust-test services bench clean $(addprefix venv-,$(PY_VERSIONS)) $(addprefix test-,$(PY_VERSIONS))
 
 run: venv-$(RUN_VERSION)
 	$(call vpy,$(RUN_VERSION)) -m oxloop examples/echo.py
 
-test: lint rust-test $(addprefix test-,$(PY_VERSIONS))
+test: lint rust-test services $(addprefix test-,$(PY_VERSIONS))
+
+# redis-server and PostgreSQL for the integration tests (Debian packages).
+services:
+	scripts/install-services
 
 # One virtual environment per Python, with oxloop built and installed (editable).
 $(addprefix venv-,$(PY_VERSIONS)): venv-%:
 	@test -x $(call vpy,$*) || "$$(scripts/python-for $*)" -m venv $(call venv,$*)
-	$(call vpy,$*) -m pip install -q --disable-pip-version-check $(DEV_PACKAGES)
+	$(call vpy,$*) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
 	$(call vpy,$*) -m pip install -q --disable-pip-version-check -e .
 
 # cargo builds pyo3 against the venv's Python (and test binaries link its libpython).
@@ -41,9 +46,9 @@ $(addprefix test-,$(PY_VERSIONS)): test-%: venv-%
 	$(call vpy,$*) -m tests.cpython.runner
 	$(call vpy,$*) -m pytest tests -q -p no:cacheprovider
 
-bench: venv-$(RUN_VERSION)
-	$(call vpy,$(RUN_VERSION)) -m pip install -q uvloop
+bench: venv-$(RUN_VERSION) services
 	$(call vpy,$(RUN_VERSION)) bench/micro.py
+	$(call vpy,$(RUN_VERSION)) bench/echo.py
 
 clean:
 	rm -rf target .venv-* python/oxloop/*.so

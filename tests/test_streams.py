@@ -358,3 +358,71 @@ def test_no_fd_left_after_many_connections(loop):
         await server.wait_closed()
 
     loop.run_until_complete(main())
+
+
+CLIENTS = """
+import socket, sys
+port, n = int(sys.argv[1]), int(sys.argv[2])
+socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(n)]
+for s in socks:
+    s.sendall(b"x")
+for s in socks:
+    assert s.recv(1) == b"x"
+print("all answered", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_ten_thousand_concurrent_connections(loop, flavour):
+    import resource
+    import subprocess
+    import sys
+
+    if flavour == "oxloop-select":
+        pytest.skip("select() is limited to FD_SETSIZE descriptors, as in asyncio")
+    n = 10_000
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < n + 1000:
+        pytest.fail(f"the fd hard limit ({hard}) is below {n + 1000}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    held = set()
+    most = 0
+
+    class Counter(asyncio.Protocol):
+        def connection_made(self, transport):
+            nonlocal most
+            self.transport = transport
+            held.add(self)
+            most = max(most, len(held))
+
+        def data_received(self, data):
+            self.transport.write(data)
+
+        def connection_lost(self, exc):
+            held.discard(self)
+
+    async def main():
+        server = await loop.create_server(Counter, "127.0.0.1", 0, backlog=4096)
+        port = server.sockets[0].getsockname()[1]
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            CLIENTS,
+            str(port),
+            str(n),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert await asyncio.wait_for(proc.stdout.readline(), 120) == b"all answered\n"
+        assert most == n
+        proc.stdin.close()
+        await proc.wait()
+        while held:
+            await asyncio.sleep(0.01)
+        server.close()
+        await server.wait_closed()
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
