@@ -18,8 +18,8 @@ def assert_loop(flavour: str) -> None:
 
 
 def test_aiohttp_server_and_client(loop, flavour):
-    from aiohttp import WSMsgType, web
     import aiohttp
+    from aiohttp import WSMsgType, web
 
     async def hello(request):
         return web.Response(text="hello")
@@ -172,7 +172,7 @@ def test_redis_commands_pipelines_and_pubsub(loop, flavour, redis_port):
         await client.set(key, b"value")
         assert await client.get(key) == b"value"
         async with client.pipeline(transaction=True) as pipe:
-            for i in range(100):
+            for _ in range(100):
                 pipe.incr(key + ":n")
             results = await pipe.execute()
         assert results[-1] - results[0] == 99
