@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from common import available_loops, cpu_seconds, pinned, start_server
+
 HERE = Path(__file__).resolve().parent
 LOADGEN = HERE / "loadgen" / "target" / "release" / "oxloop-loadgen"
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def build_loadgen() -> None:
@@ -39,33 +39,13 @@ def build_loadgen() -> None:
     )
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
 def run_cell(loop: str, kind: str, size: int, conns: int, seconds: float) -> dict:
-    server = subprocess.Popen(
-        [sys.executable, str(HERE / "echo_server.py"), loop, kind, "0"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    server, port = start_server(HERE / "echo_server.py", loop, kind)
     try:
-        port = int(server.stdout.readline())
-        warm = subprocess.run(
-            ["taskset", "-c", "1", str(LOADGEN), str(port), str(conns), str(size), "0.5"],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        del warm
+        load = pinned(str(LOADGEN), str(port), str(conns), str(size))
+        subprocess.run([*load, "0.5"], capture_output=True, check=True)  # warm-up
         before = cpu_seconds(server.pid)
-        out = subprocess.run(
-            ["taskset", "-c", "1", str(LOADGEN), str(port), str(conns), str(size), str(seconds)],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
+        out = subprocess.run([*load, str(seconds)], capture_output=True, text=True, check=True)
         used = cpu_seconds(server.pid) - before
         result = json.loads(out.stdout)
     finally:
@@ -78,17 +58,6 @@ def run_cell(loop: str, kind: str, size: int, conns: int, seconds: float) -> dic
         "p50_us": result["p50_us"],
         "p99_us": result["p99_us"],
     }
-
-
-def available_loops() -> list[str]:
-    loops = ["oxloop"]
-    try:
-        import uvloop  # noqa: F401
-
-        loops.append("uvloop")
-    except ImportError:
-        pass
-    return loops + ["asyncio"]
 
 
 def main() -> int:

@@ -13,6 +13,8 @@ import os
 import socket
 import sys
 
+from common import loop_factory
+
 
 class EchoProtocol(asyncio.Protocol):
     def connection_made(self, transport):
@@ -83,18 +85,6 @@ async def main(kind: str, listener: socket.socket):
         await serve_streams(listener)
     else:
         await serve_sock(listener)
-
-
-def loop_factory(name: str):
-    if name == "oxloop":
-        import oxloop
-
-        return oxloop.new_event_loop
-    if name == "uvloop":
-        import uvloop
-
-        return uvloop.new_event_loop
-    return asyncio.SelectorEventLoop
 
 
 if __name__ == "__main__":
