@@ -426,3 +426,31 @@ def test_ten_thousand_concurrent_connections(loop, flavour):
         loop.run_until_complete(main())
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_peer_reset_during_buffered_writes(loop):
+    async def main():
+        accepted = loop.create_future()
+
+        class Reset(asyncio.Protocol):
+            def connection_made(self, transport):
+                transport.pause_reading()
+                accepted.set_result(transport)
+
+        server, addr = await serve(loop, Reset)
+        proto = Collect(loop)
+        transport, _ = await loop.create_connection(lambda: proto, *addr)
+        peer = await accepted
+        while transport.get_write_buffer_size() == 0:
+            transport.write(b"x" * 1024 * 1024)
+        sock = peer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        peer.abort()
+        exc = await asyncio.wait_for(proto.lost, 30)
+        assert isinstance(exc, (ConnectionResetError, BrokenPipeError))
+        assert transport.is_closing()
+        transport.write(b"dropped: the connection is lost")
+        server.close()
+        await server.wait_closed()
+
+    loop.run_until_complete(main())
