@@ -163,8 +163,7 @@ class _Registrations(selectors.BaseSelector):
         self._watched_fds = loop._watched_fds
 
     def get_key(self, fileobj):
-        events, reader, writer = self._watch_key(fileobj)
-        fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
+        fd, events, reader, writer = self._watch_key(fileobj)
         return selectors.SelectorKey(fileobj, fd, events, (reader, writer))
 
     def get_map(self):

@@ -74,6 +74,8 @@ pub struct Engine {
     waker: Mutex<Option<Arc<Waker>>>,
     closed: AtomicBool,
     stopping: AtomicBool,
+    /// The backend may wait with the interpreter detached (see `Backend`).
+    waits_detached: AtomicBool,
     debug: AtomicBool,
     /// `threading.get_ident()` of the thread running the loop; 0 when stopped.
     thread_id: AtomicU64,
@@ -261,12 +263,7 @@ impl Engine {
             let r = io.backend.wait(timeout, &mut events);
             r.map(|()| events)
         };
-        let detached = self
-            .io
-            .lock()
-            .as_ref()
-            .is_some_and(|io| io.backend.waits_detached());
-        let r = if detached && timeout != Some(Duration::ZERO) {
+        let r = if self.waits_detached.load(Relaxed) && timeout != Some(Duration::ZERO) {
             py.detach(wait)
         } else {
             wait()
@@ -291,10 +288,15 @@ impl Engine {
     /// returns the readers/writers found cancelled.
     fn collect_ready(&self, py: Python<'_>, events: &[Event]) -> Vec<(i32, Side)> {
         let mut st = self.state.lock();
+        let State {
+            ready,
+            watchers,
+            timers,
+            ..
+        } = &mut *st;
         let mut stale = Vec::new();
-        let mut due = Vec::with_capacity(events.len());
         for ev in events {
-            let Some(w) = st.watchers.get(ev.fd) else {
+            let Some(w) = watchers.get(ev.fd) else {
                 continue;
             };
             for (fired, side, w) in [
@@ -305,16 +307,15 @@ impl Engine {
                     (true, Some(Watcher::Handle(h))) if handle::is_cancelled(h.bind(py)) => {
                         stale.push((ev.fd, side));
                     }
-                    (true, Some(w)) => due.push(Ready::from_watcher(w.clone_ref(py), side)),
+                    (true, Some(w)) => ready.push_back(Ready::from_watcher(w.clone_ref(py), side)),
                     _ => {}
                 }
             }
         }
-        st.ready.extend(due);
         let end = monotonic() + self.resolution;
-        while let Some(t) = st.timers.pop_due(end) {
+        while let Some(t) = timers.pop_due(end) {
             handle::set_scheduled(t.bind(py), false);
-            st.ready.push_back(Ready::Callback(t));
+            ready.push_back(Ready::Callback(t));
         }
         stale
     }
@@ -346,6 +347,7 @@ impl Engine {
             waker: Mutex::new(None),
             closed: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
+            waits_detached: AtomicBool::new(false),
             debug: AtomicBool::new(false),
             thread_id: AtomicU64::new(0),
             resolution: resolution(),
@@ -360,6 +362,7 @@ impl Engine {
             Some(s) => Box::new(PySelector::new(s, waker.clone())?),
             None => Box::new(Epoll::new(waker.clone())?),
         };
+        self.waits_detached.store(backend.waits_detached(), Relaxed);
         let old = self.io.lock().replace(Io {
             backend,
             events: Vec::new(),
@@ -494,14 +497,15 @@ impl Engine {
         Self::remove_watch(slf, Side::Write, fd)
     }
 
-    /// `(events, reader, writer)` of a watched fd, in `selectors`' terms
-    /// (EVENT_READ = 1, EVENT_WRITE = 2); KeyError when nothing watches it.
+    /// `(fd, events, reader, writer)` of a watched fd (or file object), in
+    /// `selectors`' terms (EVENT_READ = 1, EVENT_WRITE = 2); KeyError when
+    /// nothing watches it.
     #[allow(clippy::type_complexity)]
     fn _watch_key(
         &self,
         py: Python<'_>,
         fd: &Bound<'_, PyAny>,
-    ) -> PyResult<(u8, Option<Py<PyAny>>, Option<Py<PyAny>>)> {
+    ) -> PyResult<(RawFd, u8, Option<Py<PyAny>>, Option<Py<PyAny>>)> {
         let fd = fileobj_to_fd(fd)?;
         let st = self.state.lock();
         let w = st.watchers.get(fd).ok_or_else(|| PyKeyError::new_err(fd))?;
@@ -512,7 +516,7 @@ impl Engine {
                 .and_then(Watcher::handle)
                 .map(|h| h.clone_ref(py))
         };
-        Ok((events, handle(&w.reader), handle(&w.writer)))
+        Ok((fd, events, handle(&w.reader), handle(&w.writer)))
     }
 
     /// Every watched fd.
