@@ -120,6 +120,25 @@ impl Engine {
             .map(drop)
     }
 
+    /// `call_soon`, `call_soon_threadsafe`, `call_later` and `call_at`, as
+    /// asyncio checks them: a closed loop refused; in debug mode, the calling
+    /// thread (but for the thread-safe one) and the callback checked.
+    fn checked_schedule<'py>(
+        slf: &Bound<'py, Self>,
+        method: &str,
+        when: Option<f64>,
+        callback: &Bound<'py, PyAny>,
+        args: &Bound<'py, PyTuple>,
+        context: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let this = slf.get();
+        this.check_closed()?;
+        if this.debug.load(Relaxed) {
+            Self::debug_checks(slf, callback, method, method != "call_soon_threadsafe")?;
+        }
+        Self::schedule(slf, when, callback, args, context)
+    }
+
     /// Makes a handle and queues it: on the ready queue, or with `when` on
     /// the timer heap.
     fn schedule<'py>(
@@ -386,12 +405,7 @@ impl Engine {
         args: &Bound<'py, PyTuple>,
         context: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let this = slf.get();
-        this.check_closed()?;
-        if this.debug.load(Relaxed) {
-            Self::debug_checks(slf, callback, "call_soon", true)?;
-        }
-        Self::schedule(slf, None, callback, args, context)
+        Self::checked_schedule(slf, "call_soon", None, callback, args, context)
     }
 
     #[pyo3(signature = (callback, *args, context=None))]
@@ -401,13 +415,8 @@ impl Engine {
         args: &Bound<'py, PyTuple>,
         context: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let this = slf.get();
-        this.check_closed()?;
-        if this.debug.load(Relaxed) {
-            Self::debug_checks(slf, callback, "call_soon_threadsafe", false)?;
-        }
-        let h = Self::schedule(slf, None, callback, args, context)?;
-        this._write_to_self();
+        let h = Self::checked_schedule(slf, "call_soon_threadsafe", None, callback, args, context)?;
+        slf.get()._write_to_self();
         Ok(h)
     }
 
@@ -423,7 +432,7 @@ impl Engine {
             return Err(PyTypeError::new_err("delay must not be None"));
         }
         let when = monotonic() + delay.extract::<f64>()?;
-        Self::call_at_f64(slf, when, callback, args, context)
+        Self::checked_schedule(slf, "call_at", Some(when), callback, args, context)
     }
 
     #[pyo3(signature = (when, callback, *args, context=None))]
@@ -437,7 +446,14 @@ impl Engine {
         if when.is_none() {
             return Err(PyTypeError::new_err("when cannot be None"));
         }
-        Self::call_at_f64(slf, when.extract()?, callback, args, context)
+        Self::checked_schedule(
+            slf,
+            "call_at",
+            Some(when.extract()?),
+            callback,
+            args,
+            context,
+        )
     }
 
     /// Wakes the loop from another thread (asyncio's self-pipe write).
@@ -669,22 +685,5 @@ impl Engine {
     fn __clear__(&self) {
         let released = self.state.try_lock().map(|mut st| st.take_all());
         drop(released);
-    }
-}
-
-impl Engine {
-    fn call_at_f64<'py>(
-        slf: &Bound<'py, Self>,
-        when: f64,
-        callback: &Bound<'py, PyAny>,
-        args: &Bound<'py, PyTuple>,
-        context: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let this = slf.get();
-        this.check_closed()?;
-        if this.debug.load(Relaxed) {
-            Self::debug_checks(slf, callback, "call_at", true)?;
-        }
-        Self::schedule(slf, Some(when), callback, args, context)
     }
 }

@@ -5,23 +5,22 @@ use std::collections::BinaryHeap;
 
 /// Seconds on `CLOCK_MONOTONIC`, the clock `time.monotonic()` reads.
 pub fn monotonic() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
     // SAFETY: `ts` is a live timespec; CLOCK_MONOTONIC always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+    seconds(|ts| unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, ts) })
 }
 
 /// The resolution of [`monotonic`], in seconds (asyncio's `_clock_resolution`).
 pub fn resolution() -> f64 {
+    // SAFETY: as in `monotonic`.
+    seconds(|ts| unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC, ts) })
+}
+
+fn seconds(read: impl FnOnce(&mut libc::timespec) -> libc::c_int) -> f64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    // SAFETY: as in `monotonic`.
-    unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC, &mut ts) };
+    read(&mut ts);
     ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
 

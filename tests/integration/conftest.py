@@ -4,6 +4,7 @@ PostgreSQL (Debian's packages; `scripts/install-services` installs them)."""
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -43,32 +44,26 @@ def find_binary(name: str, patterns: tuple[str, ...] = ()) -> str:
     return path
 
 
+@contextlib.contextmanager
+def serving(cmd: list[str], port: int):
+    """Runs a service until the block ends, once its port accepts connections."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, proc)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 @pytest.fixture(scope="session")
 def redis_port():
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
-        proc = subprocess.Popen(
-            [
-                find_binary("redis-server"),
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                tmp,
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        try:
-            wait_for_port(port, proc)
+        cmd = [find_binary("redis-server"), "--port", str(port), "--bind", "127.0.0.1",
+               "--save", "", "--appendonly", "no", "--dir", tmp]  # fmt: skip
+        with serving(cmd, port):
             yield port
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="session")
@@ -86,28 +81,10 @@ def postgres_port():
         check=True,
         stdout=subprocess.DEVNULL,
     )
-    proc = subprocess.Popen(
-        [
-            *as_user,
-            f"{bindir}/postgres",
-            "-D",
-            data,
-            "-p",
-            str(port),
-            "-k",
-            tmp,
-            "-h",
-            "127.0.0.1",
-            "-c",
-            "fsync=off",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    cmd = [*as_user, f"{bindir}/postgres", "-D", data, "-p", str(port), "-k", tmp,
+           "-h", "127.0.0.1", "-c", "fsync=off"]  # fmt: skip
     try:
-        wait_for_port(port, proc)
-        yield port
+        with serving(cmd, port):
+            yield port
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
         shutil.rmtree(tmp, ignore_errors=True)
