@@ -21,10 +21,14 @@ use pyo3::PyTraverseError;
 use std::cell::RefCell;
 use std::io;
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
 /// asyncio's `_SelectorTransport.max_size`: the most one read returns.
 const MAX_READ: usize = 256 * 1024;
+/// A read at least this large marks a bulk transfer: the next read goes
+/// straight into a `bytes` sized by what the socket holds, sparing a copy.
+const BULK_READ: usize = 64 * 1024;
 /// asyncio's `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
 const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
 
@@ -82,6 +86,8 @@ pub struct StreamCore {
     fd: RawFd,
     transport: Py<PyAny>,
     state: Mutex<State>,
+    /// The size of the last read.
+    last_read: AtomicUsize,
 }
 
 /// What the engine's watcher holds: a reference to the core, so the garbage
@@ -170,14 +176,43 @@ impl StreamCore {
         }
     }
 
+    /// Reads one `bytes`: during a bulk transfer straight into it, otherwise
+    /// through the shared buffer. `None` at EOF.
+    fn read_bytes<'py>(&self, py: Python<'py>) -> io::Result<Option<Bound<'py, PyBytes>>> {
+        let fd = self.fd;
+        if self.last_read.load(Relaxed) >= BULK_READ {
+            let pending = readable_bytes(fd)?;
+            if pending >= BULK_READ {
+                let mut read = Ok(0);
+                let data = PyBytes::new_with(py, pending.min(MAX_READ), |buf| {
+                    read = recv(fd, buf);
+                    Ok(())
+                })
+                .map_err(io::Error::other)?;
+                let got = read?;
+                self.last_read.store(got, Relaxed);
+                if got == 0 {
+                    return Ok(None);
+                }
+                return Ok(Some(if got == data.len()? {
+                    data
+                } else {
+                    PyBytes::new(py, &data.as_bytes()[..got])
+                }));
+            }
+        }
+        READ_BUF.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            let n = recv(fd, &mut buf)?;
+            self.last_read.store(n, Relaxed);
+            Ok((n > 0).then(|| PyBytes::new(py, &buf[..n])))
+        })
+    }
+
     /// Reads one `bytes` and hands it to `protocol.data_received`.
     fn read_into_bytes(slf: &Bound<'_, Self>, data_received: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
-        let fd = slf.get().fd;
-        let data = READ_BUF.with(|buf| {
-            let mut buf = buf.borrow_mut();
-            recv(fd, &mut buf).map(|n| (n > 0).then(|| PyBytes::new(py, &buf[..n])))
-        });
+        let data = slf.get().read_bytes(py);
         match data {
             Err(e) if would_block(&e) => Ok(()),
             Err(e) => Self::fatal_error(slf, os_error(e), "Fatal read error on socket transport"),
@@ -340,6 +375,16 @@ impl StreamCore {
     }
 }
 
+/// How many bytes wait in the socket's receive queue (`FIONREAD`).
+fn readable_bytes(fd: RawFd) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through the pointer, which is live.
+    if unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n.max(0) as usize)
+}
+
 fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: `buf` is a live, writable slice for the duration of the call.
     let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
@@ -379,6 +424,7 @@ impl StreamCore {
             fd,
             transport,
             state: Mutex::new(state),
+            last_read: AtomicUsize::new(0),
         })
     }
 
