@@ -187,11 +187,6 @@ impl Engine {
         Ok(self.state.lock().watchers.set(fd, side, watcher))
     }
 
-    /// The loop's `call_soon` for native code: queues a ready entry.
-    pub fn push_ready(&self, entry: Ready) {
-        self.state.lock().ready.push_back(entry);
-    }
-
     fn with_backend<T>(&self, f: impl FnOnce(&mut dyn Backend) -> io::Result<T>) -> PyResult<T> {
         let mut io = self.io.lock();
         let io = io.as_mut().ok_or_else(closed_error)?;

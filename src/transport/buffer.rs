@@ -139,3 +139,67 @@ pub fn send(fd: RawFd, data: &[u8]) -> std::io::Result<usize> {
         Ok(n as usize)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    fn socketpair() -> (OwnedFd, OwnedFd) {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors.
+        let r = unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_STREAM | libc::SOCK_NONBLOCK,
+                0,
+                fds.as_mut_ptr(),
+            )
+        };
+        assert_eq!(r, 0);
+        // SAFETY: both fds were just created and are owned here.
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+    }
+
+    fn drain(fd: RawFd) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 65536];
+        loop {
+            // SAFETY: reads into a live stack buffer.
+            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n <= 0 {
+                return out;
+            }
+            out.extend_from_slice(&buf[..n as usize]);
+        }
+    }
+
+    #[test]
+    fn flush_sends_every_chunk_in_order_and_keeps_the_rest() {
+        Python::initialize();
+        Python::attach(|py| {
+            let (a, b) = socketpair();
+            let mut wb = WriteBuffer::default();
+            let mut expected = Vec::new();
+            for i in 0..200u32 {
+                let chunk = vec![(i % 251) as u8; 1000 + i as usize];
+                expected.extend_from_slice(&chunk[5..]);
+                wb.push(py, Chunk::Owned(chunk, 5));
+            }
+            wb.push(py, Chunk::Owned(Vec::new(), 0));
+            wb.push(py, Chunk::Bytes(PyBytes::new(py, b"tail").unbind(), 1));
+            expected.extend_from_slice(b"ail");
+            assert_eq!(wb.size(), expected.len());
+            let mut received = Vec::new();
+            while !wb.is_empty() {
+                match wb.flush(py, a.as_raw_fd()) {
+                    Ok((n, _done)) => assert!(n > 0),
+                    Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock),
+                }
+                received.extend(drain(b.as_raw_fd()));
+            }
+            assert_eq!(wb.size(), 0);
+            assert_eq!(received, expected);
+        });
+    }
+}
