@@ -14,6 +14,7 @@ use crate::net::os_error;
 use parking_lot::Mutex;
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
+use pyo3::ffi;
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
@@ -183,12 +184,17 @@ impl StreamCore {
         if self.last_read.load(Relaxed) >= BULK_READ {
             let pending = readable_bytes(fd)?;
             if pending >= BULK_READ {
-                let mut read = Ok(0);
-                let data = PyBytes::new_with(py, pending.min(MAX_READ), |buf| {
-                    read = recv(fd, buf);
-                    Ok(())
-                })
-                .map_err(io::Error::other)?;
+                let len = pending.min(MAX_READ);
+                // SAFETY: a new bytes object of `len` bytes that nothing else
+                // sees yet; recv fills its first `got` bytes, and only those
+                // are ever read (a shorter read is copied out below).
+                let (data, read) = unsafe {
+                    let raw =
+                        ffi::PyBytes_FromStringAndSize(std::ptr::null(), len as ffi::Py_ssize_t);
+                    let data = Bound::from_owned_ptr_or_err(py, raw).map_err(io::Error::other)?;
+                    let read = recv_raw(fd, ffi::PyBytes_AsString(raw).cast(), len);
+                    (data.cast_into_unchecked::<PyBytes>(), read)
+                };
                 let got = read?;
                 self.last_read.store(got, Relaxed);
                 if got == 0 {
@@ -260,15 +266,9 @@ impl StreamCore {
         } else {
             // SAFETY: the buffer is writable, C-contiguous and `len_bytes`
             // long, and stays exported (so alive and unmoved) until `buf` drops.
-            let n = unsafe { libc::recv(fd, buf.buf_ptr(), buf.len_bytes(), 0) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if would_block(&e) {
-                    return Ok(());
-                }
-                Err(os_error(e))
-            } else {
-                Ok(n as usize)
+            match unsafe { recv_raw(fd, buf.buf_ptr().cast(), buf.len_bytes()) } {
+                Err(e) if would_block(&e) => return Ok(()),
+                r => r.map_err(os_error),
             }
         };
         drop(buf);
@@ -387,7 +387,16 @@ fn readable_bytes(fd: RawFd) -> io::Result<usize> {
 
 fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: `buf` is a live, writable slice for the duration of the call.
-    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+    unsafe { recv_raw(fd, buf.as_mut_ptr(), buf.len()) }
+}
+
+/// `recv(2)` into raw memory.
+///
+/// # Safety
+/// `ptr` must be valid for writes of `len` bytes for the duration of the call.
+unsafe fn recv_raw(fd: RawFd, ptr: *mut u8, len: usize) -> io::Result<usize> {
+    // SAFETY: guaranteed by the caller.
+    let n = unsafe { libc::recv(fd, ptr.cast(), len, 0) };
     if n < 0 {
         Err(io::Error::last_os_error())
     } else {
