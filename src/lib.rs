@@ -14,5 +14,6 @@ fn _oxloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     engine::handle::init(m.py())?;
     m.add_class::<engine::loop_::Engine>()?;
     m.add_class::<transport::stream::StreamCore>()?;
+    m.add_class::<net::sock::SockOp>()?;
     Ok(())
 }

@@ -23,7 +23,7 @@ import warnings
 import weakref
 from asyncio import base_events, events, format_helpers, unix_events
 
-from ._oxloop import Engine
+from ._oxloop import Engine, SockOp
 from ._transport import SocketTransport, make_ssl_transport
 
 __all__ = ("Loop", "SelectorEventLoop", "new_event_loop")
@@ -78,17 +78,11 @@ _ADOPTED = (
     "getnameinfo",
     "_getaddrinfo_debug",
     "_ensure_resolved",
-    "sock_recv",
     "_sock_read_done",
-    "_sock_recv",
-    "sock_recv_into",
-    "_sock_recv_into",
     "sock_recvfrom",
     "_sock_recvfrom",
     "sock_recvfrom_into",
     "_sock_recvfrom_into",
-    "sock_sendall",
-    "_sock_sendall",
     "sock_sendto",
     "_sock_sendto",
     "sock_connect",
@@ -324,6 +318,20 @@ class Loop(Engine, asyncio.AbstractEventLoop):
         # A traceback of the callback can keep this frame alive: drop the
         # handle, as asyncio's Handle._run does with `self = None`.
         handle = None
+
+    # -- the socket API: the common three are native ----------------------
+
+    def sock_recv(self, sock, n):
+        """Receive up to `n` bytes from the non-blocking socket `sock`."""
+        return SockOp.recv(self, sock, n)
+
+    def sock_recv_into(self, sock, buf):
+        """Receive into `buf` from the non-blocking socket `sock`."""
+        return SockOp.recv_into(self, sock, buf)
+
+    def sock_sendall(self, sock, data):
+        """Send all of `data` to the non-blocking socket `sock`."""
+        return SockOp.sendall(self, sock, data)
 
     # -- name resolution -----------------------------------------------------
 

@@ -9,7 +9,7 @@
 use super::handle::{self, FreeList};
 use super::ready::Ready;
 use super::timers::{monotonic, resolution, TimerHeap};
-use super::watchers::{fileobj_to_fd, Side, Watcher, Watchers};
+use super::watchers::{fileobj_to_fd, IoTarget, Side, Watcher, Watchers};
 use crate::backend::epoll::Epoll;
 use crate::backend::pyselector::PySelector;
 use crate::backend::waker::Waker;
@@ -185,6 +185,29 @@ impl Engine {
             self.with_backend(|b| b.set_interest(fd, old, new))?;
         }
         Ok(self.state.lock().watchers.set(fd, side, watcher))
+    }
+
+    /// Clears one side of `fd` if `target` still watches it: a finished wait
+    /// must not remove the wait that replaced it.
+    pub fn clear_watcher_of(
+        &self,
+        fd: RawFd,
+        side: Side,
+        target: &Arc<dyn IoTarget>,
+    ) -> PyResult<()> {
+        let ours = {
+            let st = self.state.lock();
+            let watch = st.watchers.get(fd);
+            let current = watch.and_then(|w| match side {
+                Side::Read => w.reader.as_ref(),
+                Side::Write => w.writer.as_ref(),
+            });
+            matches!(current, Some(Watcher::Native(t)) if Arc::ptr_eq(t, target))
+        };
+        if ours && !self.is_closed() {
+            drop(self.set_watcher(fd, side, None)?);
+        }
+        Ok(())
     }
 
     fn with_backend<T>(&self, f: impl FnOnce(&mut dyn Backend) -> io::Result<T>) -> PyResult<T> {
@@ -609,7 +632,7 @@ impl Engine {
         self.closed.load(Relaxed)
     }
 
-    fn get_debug(&self) -> bool {
+    pub fn get_debug(&self) -> bool {
         self.debug.load(Relaxed)
     }
 

@@ -10,33 +10,24 @@ use super::buffer::{send, Chunk, WriteBuffer};
 use crate::engine::handle;
 use crate::engine::loop_::Engine;
 use crate::engine::watchers::{IoTarget, Side, Watcher};
-use crate::net::os_error;
+use crate::net::{os_error, recv_copied, recv_new_bytes, recv_raw, MAX_READ};
 use parking_lot::Mutex;
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
-use pyo3::ffi;
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
 use pyo3::PyTraverseError;
-use std::cell::RefCell;
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
-/// asyncio's `_SelectorTransport.max_size`: the most one read returns.
-const MAX_READ: usize = 256 * 1024;
 /// A read at least this large marks a bulk transfer: the next read goes
 /// straight into a `bytes` sized by what the socket holds, sparing a copy.
 const BULK_READ: usize = 64 * 1024;
 /// asyncio's `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
 const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
-
-thread_local! {
-    /// The buffer reads land in before they become one `bytes`.
-    static READ_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; MAX_READ]);
-}
 
 /// How the protocol takes data: `data_received`, or `get_buffer` and
 /// `buffer_updated` for an `asyncio.BufferedProtocol`.
@@ -181,38 +172,19 @@ impl StreamCore {
     /// through the shared buffer. `None` at EOF.
     fn read_bytes<'py>(&self, py: Python<'py>) -> io::Result<Option<Bound<'py, PyBytes>>> {
         let fd = self.fd;
-        if self.last_read.load(Relaxed) >= BULK_READ {
-            let pending = readable_bytes(fd)?;
-            if pending >= BULK_READ {
-                let len = pending.min(MAX_READ);
-                // SAFETY: a new bytes object of `len` bytes that nothing else
-                // sees yet; recv fills its first `got` bytes, and only those
-                // are ever read (a shorter read is copied out below).
-                let (data, read) = unsafe {
-                    let raw =
-                        ffi::PyBytes_FromStringAndSize(std::ptr::null(), len as ffi::Py_ssize_t);
-                    let data = Bound::from_owned_ptr_or_err(py, raw).map_err(io::Error::other)?;
-                    let read = recv_raw(fd, ffi::PyBytes_AsString(raw).cast(), len);
-                    (data.cast_into_unchecked::<PyBytes>(), read)
-                };
-                let got = read?;
-                self.last_read.store(got, Relaxed);
-                if got == 0 {
-                    return Ok(None);
-                }
-                return Ok(Some(if got == data.len()? {
-                    data
-                } else {
-                    PyBytes::new(py, &data.as_bytes()[..got])
-                }));
-            }
-        }
-        READ_BUF.with(|buf| {
-            let mut buf = buf.borrow_mut();
-            let n = recv(fd, &mut buf)?;
-            self.last_read.store(n, Relaxed);
-            Ok((n > 0).then(|| PyBytes::new(py, &buf[..n])))
-        })
+        let pending = if self.last_read.load(Relaxed) >= BULK_READ {
+            readable_bytes(fd)?
+        } else {
+            0
+        };
+        let data = if pending >= BULK_READ {
+            recv_new_bytes(py, fd, pending.min(MAX_READ))?
+        } else {
+            recv_copied(py, fd, MAX_READ)?
+        };
+        let n = data.as_bytes().len();
+        self.last_read.store(n, Relaxed);
+        Ok((n > 0).then_some(data))
     }
 
     /// Reads one `bytes` and hands it to `protocol.data_received`.
@@ -383,25 +355,6 @@ fn readable_bytes(fd: RawFd) -> io::Result<usize> {
         return Err(io::Error::last_os_error());
     }
     Ok(n.max(0) as usize)
-}
-
-fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: `buf` is a live, writable slice for the duration of the call.
-    unsafe { recv_raw(fd, buf.as_mut_ptr(), buf.len()) }
-}
-
-/// `recv(2)` into raw memory.
-///
-/// # Safety
-/// `ptr` must be valid for writes of `len` bytes for the duration of the call.
-unsafe fn recv_raw(fd: RawFd, ptr: *mut u8, len: usize) -> io::Result<usize> {
-    // SAFETY: guaranteed by the caller.
-    let n = unsafe { libc::recv(fd, ptr.cast(), len, 0) };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
 }
 
 fn shutdown_write(fd: RawFd) -> PyResult<()> {

@@ -1,0 +1,366 @@
+//! `sock_recv`, `sock_recv_into` and `sock_sendall` as native awaitables.
+//!
+//! A [`SockOp`] behaves as asyncio's coroutine of the same name: nothing
+//! happens until it is first stepped; then the syscall is tried at once, and
+//! only on EAGAIN does it register a native watcher and yield a future, which
+//! the watcher completes. A finished or cancelled wait removes its watcher,
+//! unless another wait has replaced it.
+
+use crate::engine::handle;
+use crate::engine::loop_::Engine;
+use crate::engine::watchers::{IoTarget, Side, Watcher};
+use crate::net::{os_error, recv_copied, recv_new_bytes, recv_raw, MAX_READ};
+use parking_lot::Mutex;
+use pyo3::buffer::PyBuffer;
+use pyo3::exceptions::{PyStopIteration, PyTypeError, PyValueError};
+use pyo3::gc::PyVisit;
+use pyo3::prelude::*;
+use pyo3::PyTraverseError;
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Weak};
+
+/// What the operation does.
+enum Kind {
+    Recv(usize),
+    RecvInto(Py<PyAny>),
+    SendAll(Py<PyAny>),
+}
+
+/// Where the operation stands.
+enum Stage {
+    /// Not stepped yet.
+    New,
+    /// Waiting on `fut`, watched by `target` (which the engine owns).
+    Waiting {
+        fut: Py<PyAny>,
+        fd: RawFd,
+        target: Weak<dyn IoTarget>,
+    },
+    /// Returned, raised or closed.
+    Done,
+}
+
+/// A socket operation in progress (see the module documentation).
+#[pyclass(frozen, module = "oxloop._oxloop", name = "SockOp")]
+pub struct SockOp {
+    loop_: Py<PyAny>,
+    sock: Py<PyAny>,
+    kind: Kind,
+    stage: Mutex<Stage>,
+    /// How much of a `sock_sendall` is sent.
+    sent: AtomicUsize,
+}
+
+/// What the engine's watcher holds for a waiting operation.
+struct OpRef(Py<SockOp>);
+
+impl IoTarget for OpRef {
+    fn on_ready(&self, py: Python<'_>, _side: Side) -> PyResult<()> {
+        SockOp::ready(self.0.bind(py))
+    }
+
+    fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.0)
+    }
+}
+
+/// The outcome of one attempt.
+enum Attempt<'py> {
+    Finished(Bound<'py, PyAny>),
+    WouldBlock,
+}
+
+fn would_block(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
+}
+
+/// `buf` as writable, contiguous raw memory: (pointer, length).
+fn writable(buf: &PyBuffer<u8>) -> PyResult<(*mut u8, usize)> {
+    if buf.readonly() || !buf.is_c_contiguous() {
+        return Err(PyTypeError::new_err(
+            "a writable, C-contiguous buffer is required",
+        ));
+    }
+    Ok((buf.buf_ptr().cast(), buf.len_bytes()))
+}
+
+impl SockOp {
+    fn engine<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, Engine>> {
+        Ok(self.loop_.bind(py).cast::<Engine>()?.clone())
+    }
+
+    fn side(&self) -> Side {
+        match self.kind {
+            Kind::SendAll(..) => Side::Write,
+            _ => Side::Read,
+        }
+    }
+
+    /// One try of the syscall.
+    fn attempt<'py>(&self, py: Python<'py>, fd: RawFd) -> PyResult<Attempt<'py>> {
+        let result: io::Result<Bound<'py, PyAny>> = match &self.kind {
+            Kind::Recv(n) if *n <= MAX_READ => recv_copied(py, fd, *n).map(Bound::into_any),
+            Kind::Recv(n) => recv_new_bytes(py, fd, *n).map(Bound::into_any),
+            Kind::RecvInto(buf) => {
+                let buf = PyBuffer::<u8>::get(buf.bind(py))?;
+                let (ptr, len) = writable(&buf)?;
+                // SAFETY: the exported buffer is writable, contiguous and
+                // `len` long while `buf` lives.
+                unsafe { recv_raw(fd, ptr, len) }.map(|n| {
+                    let Ok(n) = n.into_pyobject(py);
+                    n.into_any()
+                })
+            }
+            Kind::SendAll(data) => self.send_rest(py, fd, data.bind(py)),
+        };
+        match result {
+            Ok(value) => Ok(Attempt::Finished(value)),
+            Err(e) if would_block(&e) => Ok(Attempt::WouldBlock),
+            Err(e) => Err(os_error(e)),
+        }
+    }
+
+    /// `sock_sendall`: sends what the socket takes; `Ok(None)` once all is sent.
+    fn send_rest<'py>(
+        &self,
+        py: Python<'py>,
+        fd: RawFd,
+        data: &Bound<'py, PyAny>,
+    ) -> io::Result<Bound<'py, PyAny>> {
+        let buf = PyBuffer::<u8>::get(data).map_err(io::Error::other)?;
+        if !buf.is_c_contiguous() {
+            return Err(io::Error::other(PyTypeError::new_err(
+                "a C-contiguous buffer is required",
+            )));
+        }
+        let mut sent = self.sent.load(Relaxed);
+        while sent < buf.len_bytes() {
+            // SAFETY: the exported buffer is contiguous and `len_bytes` long
+            // while `buf` lives; `sent` stays below that length.
+            let n = unsafe {
+                let start = buf.buf_ptr().cast::<u8>().add(sent);
+                libc::send(fd, start.cast(), buf.len_bytes() - sent, libc::MSG_NOSIGNAL)
+            };
+            if n < 0 {
+                self.sent.store(sent, Relaxed);
+                return Err(io::Error::last_os_error());
+            }
+            sent += n as usize;
+        }
+        self.sent.store(sent, Relaxed);
+        Ok(py.None().into_bound(py))
+    }
+
+    /// The first step: asyncio's checks, one try, then the wait.
+    fn start<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let this = slf.get();
+        let sock = this.sock.bind(py);
+        let ssl_socket = py.import("ssl")?.getattr("SSLSocket")?;
+        if sock.is_instance(&ssl_socket)? {
+            return Err(PyTypeError::new_err("Socket cannot be of type SSLSocket"));
+        }
+        let engine = this.engine(py)?;
+        if engine.get().get_debug() && !sock.call_method0("gettimeout")?.eq(0)? {
+            return Err(PyValueError::new_err("the socket must be non-blocking"));
+        }
+        let fd: RawFd = sock.call_method0("fileno")?.extract()?;
+        if let Attempt::Finished(value) = this.attempt(py, fd)? {
+            *this.stage.lock() = Stage::Done;
+            return Err(PyStopIteration::new_err((value.unbind(),)));
+        }
+        let loop_ = this.loop_.bind(py);
+        loop_.call_method1("_ensure_fd_no_transport", (fd,))?;
+        let fut = loop_.call_method0("create_future")?;
+        let target: Arc<dyn IoTarget> = Arc::new(OpRef(slf.clone().unbind()));
+        let weak = Arc::downgrade(&target);
+        let previous = engine
+            .get()
+            .set_watcher(fd, this.side(), Some(Watcher::Native(target)))?;
+        if let Some(Watcher::Handle(h)) = previous {
+            h.bind(py).call_method0("cancel")?;
+        }
+        *this.stage.lock() = Stage::Waiting {
+            fut: fut.clone().unbind(),
+            fd,
+            target: weak,
+        };
+        fut.call_method1("add_done_callback", (slf.getattr("_wait_done")?,))?;
+        fut.setattr("_asyncio_future_blocking", true)?;
+        Ok(fut)
+    }
+
+    /// The watcher fired: try again; complete the future unless it would block.
+    fn ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let (fut, fd) = match &*this.stage.lock() {
+            Stage::Waiting { fut, fd, .. } => (fut.clone_ref(py), *fd),
+            _ => return Ok(()),
+        };
+        let fut = fut.bind(py);
+        if fut.call_method0("done")?.is_truthy()? {
+            return Self::unwatch(slf);
+        }
+        match this.attempt(py, fd) {
+            Ok(Attempt::WouldBlock) => Ok(()),
+            Ok(Attempt::Finished(value)) => {
+                Self::unwatch(slf)?;
+                fut.call_method1("set_result", (value,)).map(drop)
+            }
+            Err(e) if handle::escapes(py, &e) => Err(e),
+            Err(e) => {
+                Self::unwatch(slf)?;
+                fut.call_method1("set_exception", (e.value(py),)).map(drop)
+            }
+        }
+    }
+
+    /// Removes this operation's watcher, if it is still the fd's.
+    fn unwatch(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let waiting = match &*this.stage.lock() {
+            Stage::Waiting { fd, target, .. } => target.upgrade().map(|t| (*fd, t)),
+            _ => None,
+        };
+        if let Some((fd, target)) = waiting {
+            this.engine(py)?
+                .get()
+                .clear_watcher_of(fd, this.side(), &target)?;
+        }
+        Ok(())
+    }
+
+    /// The value of the finished wait, as the StopIteration a coroutine raises.
+    fn finish(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let stage = std::mem::replace(&mut *slf.get().stage.lock(), Stage::Done);
+        match stage {
+            Stage::Waiting { fut, .. } => {
+                let value = fut.bind(py).call_method0("result")?;
+                Err(PyStopIteration::new_err((value.unbind(),)))
+            }
+            _ => Err(PyStopIteration::new_err(())),
+        }
+    }
+}
+
+#[pymethods]
+impl SockOp {
+    /// `loop.sock_recv(sock, n)`.
+    #[staticmethod]
+    fn recv(loop_: Py<PyAny>, sock: Py<PyAny>, n: usize) -> Self {
+        Self::new(loop_, sock, Kind::Recv(n))
+    }
+
+    /// `loop.sock_recv_into(sock, buf)`.
+    #[staticmethod]
+    fn recv_into(loop_: Py<PyAny>, sock: Py<PyAny>, buf: Py<PyAny>) -> Self {
+        Self::new(loop_, sock, Kind::RecvInto(buf))
+    }
+
+    /// `loop.sock_sendall(sock, data)`.
+    #[staticmethod]
+    fn sendall(loop_: Py<PyAny>, sock: Py<PyAny>, data: Py<PyAny>) -> Self {
+        Self::new(loop_, sock, Kind::SendAll(data))
+    }
+
+    fn __await__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
+        slf
+    }
+
+    fn __next__(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        Self::send(slf, slf.py().None().bind(slf.py()))
+    }
+
+    /// Steps the operation, as `coroutine.send(None)`.
+    fn send(slf: &Bound<'_, Self>, _value: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let pending = match &*slf.get().stage.lock() {
+            Stage::New => None,
+            Stage::Waiting { fut, .. } => Some(fut.clone_ref(py)),
+            Stage::Done => {
+                return Err(pyo3::exceptions::PyRuntimeError::new_err(
+                    "cannot reuse already awaited sock operation",
+                ))
+            }
+        };
+        match pending {
+            None => {
+                let started = Self::start(slf);
+                if started.is_err() {
+                    *slf.get().stage.lock() = Stage::Done;
+                }
+                started.map(Bound::unbind)
+            }
+            Some(fut) if !fut.bind(py).call_method0("done")?.is_truthy()? => Ok(fut),
+            Some(_) => Self::finish(slf),
+        }
+    }
+
+    /// Raises `typ` at the await point, as `coroutine.throw` does; a pending
+    /// wait is cancelled.
+    #[pyo3(signature = (typ, val=None, _tb=None))]
+    fn throw(
+        slf: &Bound<'_, Self>,
+        typ: &Bound<'_, PyAny>,
+        val: Option<&Bound<'_, PyAny>>,
+        _tb: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        Self::close(slf)?;
+        let exc = match val {
+            Some(v) if !v.is_none() => v.clone(),
+            _ if typ.is_instance_of::<pyo3::exceptions::PyBaseException>() => typ.clone(),
+            _ => typ.call0()?,
+        };
+        Err(PyErr::from_value(exc))
+    }
+
+    /// Abandons the operation, cancelling a pending wait.
+    fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let stage = std::mem::replace(&mut *slf.get().stage.lock(), Stage::Done);
+        if let Stage::Waiting { fut, .. } = stage {
+            fut.bind(py).call_method0("cancel")?;
+        }
+        Ok(())
+    }
+
+    /// The wait's future is done (result, error or cancellation): stop watching.
+    fn _wait_done(slf: &Bound<'_, Self>, _fut: &Bound<'_, PyAny>) -> PyResult<()> {
+        Self::unwatch(slf)
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.loop_)?;
+        visit.call(&self.sock)?;
+        match &self.kind {
+            Kind::RecvInto(b) | Kind::SendAll(b) => visit.call(b)?,
+            Kind::Recv(_) => {}
+        }
+        if let Some(stage) = self.stage.try_lock() {
+            if let Stage::Waiting { fut, .. } = &*stage {
+                visit.call(fut)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SockOp {
+    fn new(loop_: Py<PyAny>, sock: Py<PyAny>, kind: Kind) -> Self {
+        Self {
+            loop_,
+            sock,
+            kind,
+            stage: Mutex::new(Stage::New),
+            sent: AtomicUsize::new(0),
+        }
+    }
+}
