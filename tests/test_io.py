@@ -247,3 +247,41 @@ def test_getaddrinfo_and_getnameinfo(loop, is_oxloop):
         loop.run_until_complete(loop.getaddrinfo("::1", 443))
         assert loop._default_executor is None
     loop.run_until_complete(main())
+
+
+def test_sock_operations_behave_as_coroutines(loop):
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+
+    async def main():
+        op = loop.sock_recv(b, 100)
+        assert asyncio.iscoroutine(op)
+        a.send(b"first")
+        await asyncio.sleep(0)
+        # nothing happens before the first step
+        assert b.recv(100) == b"first"
+        a.send(b"second")
+        assert await op == b"second"
+        # a wait that ends does not take the next wait's registration with it
+        loop.call_later(0.01, a.send, b"third")
+        assert await loop.sock_recv(b, 100) == b"third"
+        waiter = asyncio.ensure_future(loop.sock_recv(b, 100))
+        await asyncio.sleep(0.01)
+        a.send(b"fourth")
+        assert await waiter == b"fourth"
+        buf = bytearray(3)
+        a.send(b"abcdef")
+        assert await loop.sock_recv_into(b, buf) == 3 and buf == bytearray(b"abc")
+        assert await loop.sock_recv(b, 100) == b"def"
+        big = os.urandom(2 * 1024 * 1024)
+        sender = asyncio.ensure_future(loop.sock_sendall(a, memoryview(big)))
+        got = bytearray()
+        while len(got) < len(big):
+            got += await loop.sock_recv(b, 65536)
+        assert await sender is None
+        assert bytes(got) == big
+
+    loop.run_until_complete(main())
+    a.close()
+    b.close()
