@@ -5,6 +5,8 @@
 mod backend;
 mod engine;
 mod net;
+#[cfg(test)]
+mod testing;
 mod transport;
 
 use pyo3::prelude::*;
