@@ -26,7 +26,6 @@ _SERVER_TRACKS_TRANSPORTS = "transport" in inspect.signature(base_events.Server.
 class SocketTransport(transports._FlowControlMixin, transports.Transport):
     """A transport for a connected TCP or Unix stream socket."""
 
-    max_size = 256 * 1024
     _start_tls_compatible = True
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
     _sock = None
@@ -46,7 +45,6 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
         self._sock = sock
         self._sock_fd = sock.fileno()
         self._core = StreamCore(loop, self._sock_fd, self, protocol)
-        self._protocol_connected = True
         self._server = server
         self._empty_waiter = None
         if server is not None:
@@ -86,7 +84,6 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
 
     def set_protocol(self, protocol):
         self._core.set_protocol(protocol)
-        self._protocol_connected = True
 
     # The protocol, for code written against asyncio's attribute.
     _protocol = property(get_protocol)
@@ -164,8 +161,7 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
 
     def _call_connection_lost(self, exc):
         try:
-            if self._protocol_connected:
-                self._core.protocol.connection_lost(exc)
+            self._core.protocol.connection_lost(exc)
         finally:
             self._sock.close()
             self._sock = None
