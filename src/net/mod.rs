@@ -1,9 +1,10 @@
-//! Conversions between the OS's view of sockets and Python's: errors, and
-//! reads that become one `bytes`.
+//! Conversions between the OS's view of sockets and Python's: errors, reads
+//! that become one `bytes`, writes from Python buffers.
 
 pub mod sock;
 
-use pyo3::exceptions::PyOSError;
+use pyo3::buffer::PyBuffer;
+use pyo3::exceptions::{PyOSError, PyTypeError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -32,6 +33,51 @@ pub fn os_error(err: io::Error) -> PyErr {
         }
         None => PyErr::from(err),
     }
+}
+
+/// True for the errors that only mean "not now": EAGAIN and EINTR.
+pub fn would_block(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
+}
+
+/// `send(2)` without SIGPIPE: how much of `data` the socket took.
+pub fn send(fd: RawFd, data: &[u8]) -> io::Result<usize> {
+    // SAFETY: `data` is a live slice for the duration of the call.
+    let n = unsafe { libc::send(fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Calls `f` with the bytes of `data` (bytes, bytearray, memoryview or any
+/// C-contiguous buffer) and, for `bytes`, the object itself, which can be
+/// kept instead of copied.
+pub fn with_bytes<R>(
+    data: &Bound<'_, PyAny>,
+    f: impl FnOnce(&[u8], Option<&Bound<'_, PyBytes>>) -> PyResult<R>,
+) -> PyResult<R> {
+    if let Ok(b) = data.cast::<PyBytes>() {
+        return f(b.as_bytes(), Some(b));
+    }
+    let buf = PyBuffer::<u8>::get(data)?;
+    if !buf.is_c_contiguous() {
+        return Err(PyTypeError::new_err("data must be a C-contiguous buffer"));
+    }
+    // SAFETY: the buffer is C-contiguous, `len_bytes` long and exported
+    // (alive, unmoved) while `buf` lives; the GIL is held throughout.
+    let bytes = unsafe { std::slice::from_raw_parts(buf.buf_ptr() as *const u8, buf.len_bytes()) };
+    f(bytes, None)
+}
+
+/// A buffer's memory as (pointer, length) when it can be received into:
+/// writable and C-contiguous.
+pub fn writable(buf: &PyBuffer<u8>) -> Option<(*mut u8, usize)> {
+    (!buf.readonly() && buf.is_c_contiguous()).then(|| (buf.buf_ptr().cast(), buf.len_bytes()))
 }
 
 /// `recv(2)` into raw memory.

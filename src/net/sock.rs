@@ -9,7 +9,10 @@
 use crate::engine::handle;
 use crate::engine::loop_::Engine;
 use crate::engine::watchers::{IoTarget, Side, Watcher};
-use crate::net::{os_error, recv_copied, recv_new_bytes, recv_raw, MAX_READ};
+use crate::net::{
+    os_error, recv_copied, recv_new_bytes, recv_raw, send, with_bytes, would_block, writable,
+    MAX_READ,
+};
 use parking_lot::Mutex;
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyStopIteration, PyTypeError, PyValueError};
@@ -72,23 +75,6 @@ enum Attempt<'py> {
     WouldBlock,
 }
 
-fn would_block(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-    )
-}
-
-/// `buf` as writable, contiguous raw memory: (pointer, length).
-fn writable(buf: &PyBuffer<u8>) -> PyResult<(*mut u8, usize)> {
-    if buf.readonly() || !buf.is_c_contiguous() {
-        return Err(PyTypeError::new_err(
-            "a writable, C-contiguous buffer is required",
-        ));
-    }
-    Ok((buf.buf_ptr().cast(), buf.len_bytes()))
-}
-
 impl SockOp {
     fn engine<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, Engine>> {
         Ok(self.loop_.bind(py).cast::<Engine>()?.clone())
@@ -108,7 +94,9 @@ impl SockOp {
             Kind::Recv(n) => recv_new_bytes(py, fd, *n).map(Bound::into_any),
             Kind::RecvInto(buf) => {
                 let buf = PyBuffer::<u8>::get(buf.bind(py))?;
-                let (ptr, len) = writable(&buf)?;
+                let (ptr, len) = writable(&buf).ok_or_else(|| {
+                    PyTypeError::new_err("a writable, C-contiguous buffer is required")
+                })?;
                 // SAFETY: the exported buffer is writable, contiguous and
                 // `len` long while `buf` lives.
                 unsafe { recv_raw(fd, ptr, len) }.map(|n| {
@@ -132,28 +120,19 @@ impl SockOp {
         fd: RawFd,
         data: &Bound<'py, PyAny>,
     ) -> io::Result<Bound<'py, PyAny>> {
-        let buf = PyBuffer::<u8>::get(data).map_err(io::Error::other)?;
-        if !buf.is_c_contiguous() {
-            return Err(io::Error::other(PyTypeError::new_err(
-                "a C-contiguous buffer is required",
-            )));
-        }
         let mut sent = self.sent.load(Relaxed);
-        while sent < buf.len_bytes() {
-            // SAFETY: the exported buffer is contiguous and `len_bytes` long
-            // while `buf` lives; `sent` stays below that length.
-            let n = unsafe {
-                let start = buf.buf_ptr().cast::<u8>().add(sent);
-                libc::send(fd, start.cast(), buf.len_bytes() - sent, libc::MSG_NOSIGNAL)
-            };
-            if n < 0 {
-                self.sent.store(sent, Relaxed);
-                return Err(io::Error::last_os_error());
+        let result = with_bytes(data, |bytes, _| {
+            while sent < bytes.len() {
+                match send(fd, &bytes[sent..]) {
+                    Ok(n) => sent += n,
+                    Err(e) => return Ok(Err(e)),
+                }
             }
-            sent += n as usize;
-        }
+            Ok(Ok(()))
+        })
+        .map_err(io::Error::other)?;
         self.sent.store(sent, Relaxed);
-        Ok(py.None().into_bound(py))
+        result.map(|()| py.None().into_bound(py))
     }
 
     /// The first step: asyncio's checks, one try, then the wait.

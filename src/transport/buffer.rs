@@ -129,17 +129,6 @@ impl WriteBuffer {
     }
 }
 
-/// `send(2)` without SIGPIPE: how much of `data` the socket took.
-pub fn send(fd: RawFd, data: &[u8]) -> std::io::Result<usize> {
-    // SAFETY: `data` is a live slice for the duration of the call.
-    let n = unsafe { libc::send(fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL) };
-    if n < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

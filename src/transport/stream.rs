@@ -6,11 +6,14 @@
 //! protocol is set; the rare paths (errors, `connection_lost`, sendfile
 //! waiters, EOF) stay in the Python class, as asyncio writes them.
 
-use super::buffer::{send, Chunk, WriteBuffer};
+use super::buffer::{Chunk, WriteBuffer};
 use crate::engine::handle;
 use crate::engine::loop_::Engine;
 use crate::engine::watchers::{IoTarget, Side, Watcher};
-use crate::net::{os_error, recv_copied, recv_new_bytes, recv_raw, MAX_READ};
+use crate::net::{
+    os_error, recv_copied, recv_new_bytes, recv_raw, send, with_bytes, would_block, writable,
+    MAX_READ,
+};
 use parking_lot::Mutex;
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
@@ -98,13 +101,6 @@ impl IoTarget for CoreRef {
     fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.0)
     }
-}
-
-fn would_block(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-    )
 }
 
 impl StreamCore {
@@ -231,17 +227,16 @@ impl StreamCore {
                 return Self::fatal_error(slf, e, "Fatal error: protocol.get_buffer() call failed.")
             }
         };
-        let read = if buf.readonly() || !buf.is_c_contiguous() {
-            Err(PyTypeError::new_err(
+        let read = match writable(&buf) {
+            None => Err(PyTypeError::new_err(
                 "get_buffer() must return a writable, contiguous buffer",
-            ))
-        } else {
-            // SAFETY: the buffer is writable, C-contiguous and `len_bytes`
-            // long, and stays exported (so alive and unmoved) until `buf` drops.
-            match unsafe { recv_raw(fd, buf.buf_ptr().cast(), buf.len_bytes()) } {
+            )),
+            // SAFETY: `writable` checked the buffer is writable and contiguous;
+            // it stays exported (so alive and unmoved) until `buf` drops.
+            Some((ptr, len)) => match unsafe { recv_raw(fd, ptr, len) } {
                 Err(e) if would_block(&e) => return Ok(()),
                 r => r.map_err(os_error),
-            }
+            },
         };
         drop(buf);
         match read {
@@ -309,26 +304,6 @@ impl StreamCore {
             }
         }
         Ok(())
-    }
-
-    /// The bytes of `data` (bytes, bytearray, memoryview) and, for `bytes`,
-    /// the object itself, which can be kept instead of copied.
-    fn with_bytes<R>(
-        data: &Bound<'_, PyAny>,
-        f: impl FnOnce(&[u8], Option<&Bound<'_, PyBytes>>) -> PyResult<R>,
-    ) -> PyResult<R> {
-        if let Ok(b) = data.cast::<PyBytes>() {
-            return f(b.as_bytes(), Some(b));
-        }
-        let buf = PyBuffer::<u8>::get(data)?;
-        if !buf.is_c_contiguous() {
-            return Err(PyTypeError::new_err("data must be a C-contiguous buffer"));
-        }
-        // SAFETY: the buffer is C-contiguous, `len_bytes` long and exported
-        // (alive, unmoved) while `buf` lives; the GIL is held throughout.
-        let bytes =
-            unsafe { std::slice::from_raw_parts(buf.buf_ptr() as *const u8, buf.len_bytes()) };
-        f(bytes, None)
     }
 
     fn check_writable(&self, what: &str) -> PyResult<()> {
@@ -488,7 +463,7 @@ impl StreamCore {
             )));
         }
         this.check_writable("write")?;
-        Self::with_bytes(data, |bytes, whole| {
+        with_bytes(data, |bytes, whole| {
             if bytes.is_empty() {
                 return Ok(false);
             }
@@ -548,7 +523,7 @@ impl StreamCore {
         let mut chunks = Vec::new();
         for data in list_of_data.try_iter()? {
             let data = data?;
-            chunks.push(Self::with_bytes(&data, |bytes, whole| {
+            chunks.push(with_bytes(&data, |bytes, whole| {
                 Ok(match whole {
                     Some(b) => Chunk::Bytes(b.clone().unbind(), 0),
                     None => Chunk::Owned(bytes.to_vec(), 0),
