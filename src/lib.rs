@@ -1,10 +1,11 @@
 //! `oxloop._oxloop`: the Rust engine of the oxloop asyncio event loop.
-//! This file only registers; the layers live in `transport`, `net`,
-//! `engine` and `backend`.
+//! This file only registers; the layers live in `process`, `transport`,
+//! `net`, `engine` and `backend`.
 
 mod backend;
 mod engine;
 mod net;
+mod process;
 #[cfg(test)]
 mod testing;
 mod transport;
@@ -17,5 +18,6 @@ fn _oxloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<engine::loop_::Engine>()?;
     m.add_class::<transport::stream::StreamCore>()?;
     m.add_class::<net::sock::SockOp>()?;
+    m.add_function(wrap_pyfunction!(process::watch_child, m)?)?;
     Ok(())
 }

@@ -23,7 +23,9 @@ import warnings
 import weakref
 from asyncio import base_events, events, format_helpers, unix_events
 
+from . import _children
 from ._oxloop import Engine, SockOp
+from ._pipes import ReadPipeTransport, WritePipeTransport
 from ._transport import SocketTransport, make_ssl_transport
 
 __all__ = ("Loop", "SelectorEventLoop", "new_event_loop")
@@ -38,9 +40,8 @@ _FORMAT_TAKES_DEBUG = (
 # Pure-Python methods of asyncio's Unix selector loop (each resolved to the
 # most derived of its classes) whose only dependencies are the primitives
 # `Engine` provides and the attributes `Loop._init_loop` sets. Stream
-# transports are oxloop's (`_make_socket_transport`); the datagram, pipe and
-# subprocess transports are still asyncio's, driving their fds through the
-# engine's `_add_reader`/`_add_writer`.
+# and pipe transports are oxloop's (`_make_socket_transport`,
+# `_make_read_pipe_transport`, ...).
 _ADOPTED = (
     # running, tasks, executors, errors, debug
     "__repr__",
@@ -119,12 +120,9 @@ _ADOPTED = (
     # pipes and subprocesses
     "connect_read_pipe",
     "connect_write_pipe",
-    "_make_read_pipe_transport",
-    "_make_write_pipe_transport",
     "_log_subprocess",
     "subprocess_shell",
     "subprocess_exec",
-    "_make_subprocess_transport",
     "_child_watcher_callback",
     # signals, through the self-pipe signal.set_wakeup_fd() writes to
     "_make_self_pipe",
@@ -287,6 +285,36 @@ class Loop(Engine, asyncio.AbstractEventLoop):
 
     _make_ssl_transport = make_ssl_transport
 
+    def _make_read_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
+        return ReadPipeTransport(self, pipe, protocol, waiter, extra)
+
+    def _make_write_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
+        return WritePipeTransport(self, pipe, protocol, waiter, extra)
+
+    async def _make_subprocess_transport(
+        self, protocol, args, shell, stdin, stdout, stderr, bufsize, extra=None, **kwargs
+    ):
+        if _children.policy_watcher() is not None:
+            # A watcher set through asyncio's deprecated API is honoured.
+            return await _watched_subprocess_transport(
+                self, protocol, args, shell, stdin, stdout, stderr, bufsize, extra, **kwargs
+            )
+        waiter = self.create_future()
+        transp = unix_events._UnixSubprocessTransport(
+            self, protocol, args, shell, stdin, stdout, stderr, bufsize,
+            waiter=waiter, extra=extra, **kwargs,
+        )
+        _children.watch_child(self, transp.get_pid(), transp._process_exited)
+        try:
+            await waiter
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException:
+            transp.close()
+            await transp._wait()
+            raise
+        return transp
+
     # -- callbacks (called by the engine) ------------------------------------
 
     def _callback_failed(self, handle, exc):
@@ -345,6 +373,10 @@ class Loop(Engine, asyncio.AbstractEventLoop):
         else:
             func = socket.getaddrinfo
         return await self.run_in_executor(None, func, host, port, family, type, proto, flags)
+
+
+# asyncio's own, for children watched by a watcher set on the policy.
+_watched_subprocess_transport = unix_events._UnixSelectorEventLoop._make_subprocess_transport
 
 
 def _is_numeric(host, port) -> bool:

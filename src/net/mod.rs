@@ -43,10 +43,24 @@ pub fn would_block(e: &io::Error) -> bool {
     )
 }
 
-/// `send(2)` without SIGPIPE: how much of `data` the socket took.
-pub fn send(fd: RawFd, data: &[u8]) -> io::Result<usize> {
+/// What a byte-stream fd is, for the one call that differs: a socket is
+/// written with `MSG_NOSIGNAL` (a gone peer is EPIPE, never SIGPIPE), a pipe
+/// or character device with plain `write(2)`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum FdKind {
+    Socket,
+    Pipe,
+}
+
+/// Writes `data` to `fd`: how much of it the fd took.
+pub fn send(fd: RawFd, data: &[u8], kind: FdKind) -> io::Result<usize> {
     // SAFETY: `data` is a live slice for the duration of the call.
-    let n = unsafe { libc::send(fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL) };
+    let n = unsafe {
+        match kind {
+            FdKind::Socket => libc::send(fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL),
+            FdKind::Pipe => libc::write(fd, data.as_ptr().cast(), data.len()),
+        }
+    };
     if n < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -80,13 +94,13 @@ pub fn writable(buf: &PyBuffer<u8>) -> Option<(*mut u8, usize)> {
     (!buf.readonly() && buf.is_c_contiguous()).then(|| (buf.buf_ptr().cast(), buf.len_bytes()))
 }
 
-/// `recv(2)` into raw memory.
+/// `read(2)` into raw memory (for a socket the same as `recv` without flags).
 ///
 /// # Safety
 /// `ptr` must be valid for writes of `len` bytes for the duration of the call.
-pub unsafe fn recv_raw(fd: RawFd, ptr: *mut u8, len: usize) -> io::Result<usize> {
+pub unsafe fn read_raw(fd: RawFd, ptr: *mut u8, len: usize) -> io::Result<usize> {
     // SAFETY: guaranteed by the caller.
-    let n = unsafe { libc::recv(fd, ptr.cast(), len, 0) };
+    let n = unsafe { libc::read(fd, ptr.cast(), len) };
     if n < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -94,16 +108,16 @@ pub unsafe fn recv_raw(fd: RawFd, ptr: *mut u8, len: usize) -> io::Result<usize>
     }
 }
 
-/// Receives up to `len` bytes straight into a new `bytes` (neither zeroed nor
+/// Reads up to `len` bytes straight into a new `bytes` (neither zeroed nor
 /// copied when the read fills it); empty at EOF. For large reads.
-pub fn recv_new_bytes(py: Python<'_>, fd: RawFd, len: usize) -> io::Result<Bound<'_, PyBytes>> {
+pub fn read_new_bytes(py: Python<'_>, fd: RawFd, len: usize) -> io::Result<Bound<'_, PyBytes>> {
     // SAFETY: a new bytes object of `len` bytes that nothing else sees yet;
-    // recv fills its first `got` bytes, and only those are ever read (a
+    // read fills its first `got` bytes, and only those are ever read (a
     // shorter read is copied out below).
     let (data, read) = unsafe {
         let raw = ffi::PyBytes_FromStringAndSize(std::ptr::null(), len as ffi::Py_ssize_t);
         let data = Bound::from_owned_ptr_or_err(py, raw).map_err(io::Error::other)?;
-        let read = recv_raw(fd, ffi::PyBytes_AsString(raw).cast(), len);
+        let read = read_raw(fd, ffi::PyBytes_AsString(raw).cast(), len);
         (data.cast_into_unchecked::<PyBytes>(), read)
     };
     let got = read?;
@@ -114,15 +128,15 @@ pub fn recv_new_bytes(py: Python<'_>, fd: RawFd, len: usize) -> io::Result<Bound
     })
 }
 
-/// Receives up to `len` (at most [`MAX_READ`]) bytes through the thread's
+/// Reads up to `len` (at most [`MAX_READ`]) bytes through the thread's
 /// shared buffer into a new `bytes` sized to what arrived; empty at EOF.
 /// For small reads, where one copy is cheaper than a large allocation.
-pub fn recv_copied(py: Python<'_>, fd: RawFd, len: usize) -> io::Result<Bound<'_, PyBytes>> {
+pub fn read_copied(py: Python<'_>, fd: RawFd, len: usize) -> io::Result<Bound<'_, PyBytes>> {
     READ_BUF.with(|buf| {
         let mut buf = buf.borrow_mut();
         let len = len.min(buf.len());
         // SAFETY: the thread's buffer is live and at least `len` long.
-        let n = unsafe { recv_raw(fd, buf.as_mut_ptr(), len)? };
+        let n = unsafe { read_raw(fd, buf.as_mut_ptr(), len)? };
         Ok(PyBytes::new(py, &buf[..n]))
     })
 }

@@ -10,8 +10,8 @@ use crate::engine::handle;
 use crate::engine::loop_::Engine;
 use crate::engine::watchers::{IoTarget, Side, Watcher};
 use crate::net::{
-    os_error, recv_copied, recv_new_bytes, recv_raw, send, with_bytes, would_block, writable,
-    MAX_READ,
+    os_error, read_copied, read_new_bytes, read_raw, send, with_bytes, would_block, writable,
+    FdKind, MAX_READ,
 };
 use parking_lot::Mutex;
 use pyo3::buffer::PyBuffer;
@@ -90,8 +90,8 @@ impl SockOp {
     /// One try of the syscall.
     fn attempt<'py>(&self, py: Python<'py>, fd: RawFd) -> PyResult<Attempt<'py>> {
         let result: io::Result<Bound<'py, PyAny>> = match &self.kind {
-            Kind::Recv(n) if *n <= MAX_READ => recv_copied(py, fd, *n).map(Bound::into_any),
-            Kind::Recv(n) => recv_new_bytes(py, fd, *n).map(Bound::into_any),
+            Kind::Recv(n) if *n <= MAX_READ => read_copied(py, fd, *n).map(Bound::into_any),
+            Kind::Recv(n) => read_new_bytes(py, fd, *n).map(Bound::into_any),
             Kind::RecvInto(buf) => {
                 let buf = PyBuffer::<u8>::get(buf.bind(py))?;
                 let (ptr, len) = writable(&buf).ok_or_else(|| {
@@ -99,7 +99,7 @@ impl SockOp {
                 })?;
                 // SAFETY: the exported buffer is writable, contiguous and
                 // `len` long while `buf` lives.
-                unsafe { recv_raw(fd, ptr, len) }.map(|n| {
+                unsafe { read_raw(fd, ptr, len) }.map(|n| {
                     let Ok(n) = n.into_pyobject(py);
                     n.into_any()
                 })
@@ -123,7 +123,7 @@ impl SockOp {
         let mut sent = self.sent.load(Relaxed);
         let result = with_bytes(data, |bytes, _| {
             while sent < bytes.len() {
-                match send(fd, &bytes[sent..]) {
+                match send(fd, &bytes[sent..], FdKind::Socket) {
                     Ok(n) => sent += n,
                     Err(e) => return Ok(Err(e)),
                 }

@@ -1,6 +1,7 @@
 //! The write buffer of a stream transport: what `write()` could not send at
-//! once, flushed with one `writev` per write-ready event.
+//! once, flushed with one gathering write per write-ready event.
 
+use crate::net::FdKind;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use std::collections::VecDeque;
@@ -74,9 +75,15 @@ impl WriteBuffer {
         std::mem::take(&mut self.chunks)
     }
 
-    /// Sends as much as the socket takes in one `writev`; returns the bytes
-    /// sent and the chunks fully sent (to release outside any lock).
-    pub fn flush(&mut self, py: Python<'_>, fd: RawFd) -> std::io::Result<(usize, Vec<Chunk>)> {
+    /// Sends as much as `fd` takes in one `sendmsg` (sockets) or `writev`;
+    /// returns the bytes sent and the chunks fully sent (to release outside
+    /// any lock).
+    pub fn flush(
+        &mut self,
+        py: Python<'_>,
+        fd: RawFd,
+        kind: FdKind,
+    ) -> std::io::Result<(usize, Vec<Chunk>)> {
         let iov: Vec<libc::iovec> = self
             .chunks
             .iter()
@@ -101,7 +108,12 @@ impl WriteBuffer {
         // SAFETY: every iovec points into a chunk this buffer keeps alive
         // (bytes objects are immutable, owned copies are not touched) for the
         // duration of the call.
-        let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL) };
+        let n = unsafe {
+            match kind {
+                FdKind::Socket => libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL),
+                FdKind::Pipe => libc::writev(fd, iov.as_ptr(), iov.len() as _),
+            }
+        };
         if n < 0 {
             return Err(std::io::Error::last_os_error());
         }
@@ -150,6 +162,12 @@ mod tests {
 
     #[test]
     fn flush_sends_every_chunk_in_order_and_keeps_the_rest() {
+        for kind in [FdKind::Socket, FdKind::Pipe] {
+            flush_in_order(kind);
+        }
+    }
+
+    fn flush_in_order(kind: FdKind) {
         Python::initialize();
         Python::attach(|py| {
             let (a, b) = socketpair();
@@ -166,7 +184,7 @@ mod tests {
             assert_eq!(wb.size(), expected.len());
             let mut received = Vec::new();
             while !wb.is_empty() {
-                match wb.flush(py, a.as_raw_fd()) {
+                match wb.flush(py, a.as_raw_fd(), kind) {
                     Ok((n, _done)) => assert!(n > 0),
                     Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock),
                 }

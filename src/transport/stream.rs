@@ -1,18 +1,20 @@
-//! The I/O of a stream transport (TCP and Unix stream sockets), in Rust.
+//! The I/O of a byte-stream transport, in Rust: TCP and Unix stream sockets,
+//! pipes and character devices.
 //!
-//! `oxloop._transport.SocketTransport` (an `asyncio.Transport`, so that
-//! `isinstance` holds) owns a [`StreamCore`]. The core reads, writes and
-//! buffers, and calls the protocol's methods directly, resolved once when the
-//! protocol is set; the rare paths (errors, `connection_lost`, sendfile
-//! waiters, EOF) stay in the Python class, as asyncio writes them.
+//! `oxloop._transport.SocketTransport` and the pipe transports of
+//! `oxloop._pipes` (asyncio transport classes, so that `isinstance` holds)
+//! each own a [`StreamCore`]. The core reads, writes and buffers, and calls
+//! the protocol's methods directly, resolved once when the protocol is set;
+//! the rare paths (errors, `connection_lost`, sendfile waiters, EOF) stay in
+//! the Python classes, as asyncio writes them.
 
 use super::buffer::{Chunk, WriteBuffer};
 use crate::engine::handle;
 use crate::engine::loop_::Engine;
 use crate::engine::watchers::{IoTarget, Side, Watcher};
 use crate::net::{
-    os_error, recv_copied, recv_new_bytes, recv_raw, send, with_bytes, would_block, writable,
-    MAX_READ,
+    os_error, read_copied, read_new_bytes, read_raw, send, with_bytes, would_block, writable,
+    FdKind, MAX_READ,
 };
 use parking_lot::Mutex;
 use pyo3::buffer::PyBuffer;
@@ -64,21 +66,25 @@ impl Reader {
 #[derive(Default)]
 struct State {
     protocol: Option<Py<PyAny>>,
+    /// None also for a protocol that takes no data (a write pipe's).
     reader: Option<Reader>,
     buffer: WriteBuffer,
     closing: bool,
     eof: bool,
     paused: bool,
     conn_lost: u32,
+    /// Writes dropped since the connection was lost (or a pipe began closing).
+    dropped: u32,
     /// A sendfile is waiting for the buffer to drain (`_empty_waiter`).
     sendfile: bool,
 }
 
-/// The native half of a stream transport.
+/// The native half of a stream or pipe transport.
 #[pyclass(frozen, module = "oxloop._oxloop", name = "StreamCore")]
 pub struct StreamCore {
     engine: Py<Engine>,
     fd: RawFd,
+    kind: FdKind,
     transport: Py<PyAny>,
     state: Mutex<State>,
     /// The size of the last read.
@@ -103,8 +109,18 @@ impl IoTarget for CoreRef {
     }
 }
 
+/// asyncio's wording for what failed, by transport.
+fn fatal_message(kind: FdKind, write: bool) -> &'static str {
+    match (kind, write) {
+        (FdKind::Socket, false) => "Fatal read error on socket transport",
+        (FdKind::Socket, true) => "Fatal write error on socket transport",
+        (FdKind::Pipe, false) => "Fatal read error on pipe transport",
+        (FdKind::Pipe, true) => "Fatal write error on pipe transport",
+    }
+}
+
 impl StreamCore {
-    /// Starts or stops watching one side of the socket.
+    /// Starts or stops watching one side of the fd.
     fn watch(slf: &Bound<'_, Self>, side: Side, on: bool) -> PyResult<()> {
         let this = slf.get();
         let engine = this.engine.get();
@@ -146,15 +162,20 @@ impl StreamCore {
     fn read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let reader = {
+        let (reader, protocol) = {
             let st = this.state.lock();
             if st.conn_lost > 0 {
                 return Ok(());
             }
-            st.reader.as_ref().map(|r| r.clone_ref(py))
+            let protocol = st.protocol.as_ref().map(|p| p.clone_ref(py));
+            (st.reader.as_ref().map(|r| r.clone_ref(py)), protocol)
         };
         match reader {
-            None => Ok(()),
+            // A protocol that cannot take data fails as its call would.
+            None => match protocol.map(|p| Reader::for_protocol(p.bind(py))) {
+                Some(Err(e)) => Self::protocol_failed(slf, e, "data_received"),
+                _ => Ok(()),
+            },
             Some(Reader::Plain(data_received)) => {
                 Self::read_into_bytes(slf, data_received.bind(py))
             }
@@ -174,9 +195,9 @@ impl StreamCore {
             0
         };
         let data = if pending >= BULK_READ {
-            recv_new_bytes(py, fd, pending.min(MAX_READ))?
+            read_new_bytes(py, fd, pending.min(MAX_READ))?
         } else {
-            recv_copied(py, fd, MAX_READ)?
+            read_copied(py, fd, MAX_READ)?
         };
         let n = data.as_bytes().len();
         self.last_read.store(n, Relaxed);
@@ -189,7 +210,7 @@ impl StreamCore {
         let data = slf.get().read_bytes(py);
         match data {
             Err(e) if would_block(&e) => Ok(()),
-            Err(e) => Self::fatal_error(slf, os_error(e), "Fatal read error on socket transport"),
+            Err(e) => Self::fatal_error(slf, os_error(e), fatal_message(slf.get().kind, false)),
             Ok(None) => slf
                 .get()
                 .transport
@@ -197,9 +218,7 @@ impl StreamCore {
                 .map(drop),
             Ok(Some(data)) => match data_received.call1((data,)) {
                 Ok(_) => Ok(()),
-                Err(e) => {
-                    Self::fatal_error(slf, e, "Fatal error: protocol.data_received() call failed.")
-                }
+                Err(e) => Self::protocol_failed(slf, e, "data_received"),
             },
         }
     }
@@ -233,14 +252,14 @@ impl StreamCore {
             )),
             // SAFETY: `writable` checked the buffer is writable and contiguous;
             // it stays exported (so alive and unmoved) until `buf` drops.
-            Some((ptr, len)) => match unsafe { recv_raw(fd, ptr, len) } {
+            Some((ptr, len)) => match unsafe { read_raw(fd, ptr, len) } {
                 Err(e) if would_block(&e) => return Ok(()),
                 r => r.map_err(os_error),
             },
         };
         drop(buf);
         match read {
-            Err(e) => Self::fatal_error(slf, e, "Fatal read error on socket transport"),
+            Err(e) => Self::fatal_error(slf, e, fatal_message(slf.get().kind, false)),
             Ok(0) => slf
                 .get()
                 .transport
@@ -248,11 +267,7 @@ impl StreamCore {
                 .map(drop),
             Ok(n) => match buffer_updated.call1((n,)) {
                 Ok(_) => Ok(()),
-                Err(e) => Self::fatal_error(
-                    slf,
-                    e,
-                    "Fatal error: protocol.buffer_updated() call failed.",
-                ),
+                Err(e) => Self::protocol_failed(slf, e, "buffer_updated"),
             },
         }
     }
@@ -265,7 +280,7 @@ impl StreamCore {
             if st.conn_lost > 0 || st.buffer.is_empty() {
                 return Ok(());
             }
-            st.buffer.flush(py, this.fd)
+            st.buffer.flush(py, this.fd, this.kind)
         };
         let transport = this.transport.bind(py);
         match flushed {
@@ -279,7 +294,7 @@ impl StreamCore {
                 drop(dropped);
                 let err = os_error(e);
                 let exc = err.value(py).clone();
-                Self::fatal_error(slf, err, "Fatal write error on socket transport")?;
+                Self::fatal_error(slf, err, fatal_message(this.kind, true))?;
                 if sendfile {
                     transport.call_method1("_wake_empty_waiter", (exc,))?;
                 }
@@ -304,6 +319,22 @@ impl StreamCore {
             }
         }
         Ok(())
+    }
+
+    /// A protocol method raised: a socket transport fails (asyncio's
+    /// `_fatal_error`); a pipe transport reports it and reads on, as
+    /// asyncio's pipe transports do (the exception escapes their callback).
+    fn protocol_failed(slf: &Bound<'_, Self>, err: PyErr, method: &str) -> PyResult<()> {
+        let message = format!("Fatal error: protocol.{method}() call failed.");
+        match slf.get().kind {
+            FdKind::Socket => Self::fatal_error(slf, err, &message),
+            FdKind::Pipe if handle::escapes(slf.py(), &err) => Err(err),
+            FdKind::Pipe => slf
+                .get()
+                .transport
+                .call_method1(slf.py(), "_report_error", (err.value(slf.py()), message))
+                .map(drop),
+        }
     }
 
     fn check_writable(&self, what: &str) -> PyResult<()> {
@@ -342,23 +373,27 @@ fn shutdown_write(fd: RawFd) -> PyResult<()> {
 
 #[pymethods]
 impl StreamCore {
-    /// The core of `transport` for the connected socket `fd` on `loop`.
+    /// The core of `transport` for the connected socket `fd` on `loop`, or
+    /// for a pipe or character device when `pipe` is true.
     #[new]
+    #[pyo3(signature = (loop_, fd, transport, protocol, pipe=false))]
     fn new(
         loop_: &Bound<'_, PyAny>,
         fd: RawFd,
         transport: Py<PyAny>,
         protocol: &Bound<'_, PyAny>,
+        pipe: bool,
     ) -> PyResult<Self> {
         let engine = loop_.cast::<Engine>()?.clone().unbind();
         let state = State {
             protocol: Some(protocol.clone().unbind()),
-            reader: Some(Reader::for_protocol(protocol)?),
+            reader: Reader::for_protocol(protocol).ok(),
             ..State::default()
         };
         Ok(Self {
             engine,
             fd,
+            kind: if pipe { FdKind::Pipe } else { FdKind::Socket },
             transport,
             state: Mutex::new(state),
             last_read: AtomicUsize::new(0),
@@ -372,17 +407,16 @@ impl StreamCore {
     }
 
     /// Switches protocols (asyncio's `set_protocol`).
-    fn set_protocol(&self, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
-        let reader = Reader::for_protocol(protocol)?;
+    fn set_protocol(&self, protocol: &Bound<'_, PyAny>) {
+        let reader = Reader::for_protocol(protocol).ok();
         let old = {
             let mut st = self.state.lock();
             (
                 st.protocol.replace(protocol.clone().unbind()),
-                st.reader.replace(reader),
+                std::mem::replace(&mut st.reader, reader),
             )
         };
         drop(old);
-        Ok(())
     }
 
     /// Watches for reading unless closing or paused.
@@ -469,35 +503,36 @@ impl StreamCore {
             }
             let (lost, warn, empty) = {
                 let mut st = this.state.lock();
-                let lost = st.conn_lost;
-                if lost > 0 {
-                    st.conn_lost += 1;
+                // A pipe also drops what is written once it is closing.
+                let dropping = st.conn_lost > 0 || (this.kind == FdKind::Pipe && st.closing);
+                let warn =
+                    dropping && st.conn_lost + st.dropped >= LOG_THRESHOLD_FOR_CONNLOST_WRITES;
+                if dropping {
+                    st.dropped += 1;
                 }
-                (
-                    lost > 0,
-                    lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES,
-                    st.buffer.is_empty(),
-                )
+                (dropping, warn, st.buffer.is_empty())
             };
             if lost {
                 if warn {
+                    let message = match this.kind {
+                        FdKind::Socket => "socket.send() raised exception.",
+                        FdKind::Pipe => {
+                            "pipe closed by peer or os.write(pipe, data) raised exception."
+                        }
+                    };
                     let logger = py.import("asyncio.log")?.getattr("logger")?;
-                    logger.call_method1("warning", ("socket.send() raised exception.",))?;
+                    logger.call_method1("warning", (message,))?;
                 }
                 return Ok(false);
             }
             let mut sent = 0;
             if empty {
-                match send(this.fd, bytes) {
+                match send(this.fd, bytes, this.kind) {
                     Ok(n) if n == bytes.len() => return Ok(false),
                     Ok(n) => sent = n,
                     Err(e) if would_block(&e) => {}
                     Err(e) => {
-                        Self::fatal_error(
-                            slf,
-                            os_error(e),
-                            "Fatal write error on socket transport",
-                        )?;
+                        Self::fatal_error(slf, os_error(e), fatal_message(this.kind, true))?;
                         return Ok(false);
                     }
                 }

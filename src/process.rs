@@ -1,0 +1,172 @@
+//! Child-process exit watching with a pidfd: no SIGCHLD handler, no thread.
+//!
+//! The loop opens a pidfd for each child it spawns and watches it for
+//! reading; the kernel makes it readable once the child has exited, and the
+//! watcher reaps the child then (`waitpid`, `WNOHANG`) and schedules the
+//! callback with its return code as asyncio computes it.
+
+use crate::engine::loop_::Engine;
+use crate::engine::watchers::{IoTarget, Side, Watcher};
+use crate::net::os_error;
+use pyo3::gc::PyVisit;
+use pyo3::prelude::*;
+use pyo3::PyTraverseError;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+
+/// What asyncio reports when a child's status was reaped elsewhere.
+const UNKNOWN_STATUS: i32 = 255;
+
+/// One child's pidfd and the callback its return code goes to.
+struct ChildExit {
+    engine: Py<Engine>,
+    pidfd: OwnedFd,
+    pid: libc::pid_t,
+    callback: Py<PyAny>,
+}
+
+impl IoTarget for ChildExit {
+    fn on_ready(&self, py: Python<'_>, _side: Side) -> PyResult<()> {
+        let engine = self.engine.bind(py);
+        let returncode = match reap(self.pid) {
+            Ok(None) => return Ok(()),
+            Ok(Some(code)) => code,
+            Err(_) => {
+                let logger = py.import("asyncio.log")?.getattr("logger")?;
+                logger.call_method1(
+                    "warning",
+                    (
+                        "child process pid %d exit status already read:  will report returncode 255",
+                        self.pid,
+                    ),
+                )?;
+                UNKNOWN_STATUS
+            }
+        };
+        drop(
+            engine
+                .get()
+                .set_watcher(self.pidfd.as_raw_fd(), Side::Read, None)?,
+        );
+        engine
+            .call_method1("call_soon", (self.callback.bind(py), returncode))
+            .map(drop)
+    }
+
+    fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.engine)?;
+        visit.call(&self.callback)
+    }
+}
+
+/// Reaps `pid` if it has exited: its return code as
+/// `os.waitstatus_to_exitcode` gives it (`-signum` when a signal killed it).
+fn reap(pid: libc::pid_t) -> io::Result<Option<i32>> {
+    let mut status = 0;
+    // SAFETY: waitpid writes the status through a live pointer.
+    let got = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+    if got < 0 {
+        let err = io::Error::last_os_error();
+        if err.kind() == io::ErrorKind::Interrupted {
+            return reap(pid);
+        }
+        return Err(err);
+    }
+    if got == 0 {
+        return Ok(None);
+    }
+    Ok(Some(if libc::WIFSIGNALED(status) {
+        -libc::WTERMSIG(status)
+    } else {
+        libc::WEXITSTATUS(status)
+    }))
+}
+
+/// `pidfd_open(2)`.
+fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall; it returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, libc::PIDFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just gave us this fd and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Calls `callback(returncode)` on `loop` once the child `pid` has exited,
+/// reaping it. False when the kernel has no pidfds (the caller then needs
+/// another way to wait); OSError when `pid` is no child of ours.
+#[pyfunction]
+pub fn watch_child(
+    loop_: &Bound<'_, PyAny>,
+    pid: libc::pid_t,
+    callback: Py<PyAny>,
+) -> PyResult<bool> {
+    let engine = loop_.cast::<Engine>()?;
+    let pidfd = match pidfd_open(pid) {
+        Ok(fd) => fd,
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) => return Ok(false),
+        Err(e) => return Err(os_error(e)),
+    };
+    let fd = pidfd.as_raw_fd();
+    let target = ChildExit {
+        engine: engine.clone().unbind(),
+        pidfd,
+        pid,
+        callback,
+    };
+    drop(
+        engine
+            .get()
+            .set_watcher(fd, Side::Read, Some(Watcher::Native(Arc::new(target))))?,
+    );
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A child the test reaps itself (through `reap`, the code under test).
+    #[allow(clippy::zombie_processes)]
+    fn spawn(code: &str) -> libc::pid_t {
+        let child = std::process::Command::new("sh")
+            .args(["-c", code])
+            .spawn()
+            .expect("sh runs");
+        child.id() as libc::pid_t
+    }
+
+    fn wait_readable(fd: &OwnedFd) {
+        let mut pfd = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one live pollfd.
+        assert_eq!(unsafe { libc::poll(&mut pfd, 1, 10_000) }, 1);
+    }
+
+    #[test]
+    fn a_pidfd_turns_readable_at_exit_and_reaping_gives_the_return_code() {
+        for (code, expected) in [("exit 3", 3), ("kill -TERM $$", -libc::SIGTERM)] {
+            let pid = spawn(code);
+            let fd = pidfd_open(pid).expect("pidfds work on this kernel");
+            wait_readable(&fd);
+            assert_eq!(reap(pid).unwrap(), Some(expected));
+            assert_eq!(reap(pid).unwrap_err().raw_os_error(), Some(libc::ECHILD));
+        }
+    }
+
+    #[test]
+    fn a_running_child_is_not_reaped() {
+        let pid = spawn("sleep 5");
+        assert_eq!(reap(pid).unwrap(), None);
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let fd = pidfd_open(pid).unwrap();
+        wait_readable(&fd);
+        assert_eq!(reap(pid).unwrap(), Some(-libc::SIGKILL));
+    }
+}
