@@ -13,6 +13,7 @@ import faulthandler
 import json
 import sys
 import unittest
+import warnings
 
 import oxloop
 
@@ -30,20 +31,40 @@ def use_oxloop() -> None:
 
 
 def add_native_tests(module) -> None:
-    """test_events: run its loop tests on oxloop's native backend too (its own
-    classes then cover the user-selector backend through SelectorEventLoop)."""
-    mixin = getattr(module, "UnixEventLoopTestsMixin", None)
-    if mixin is None:
-        return
+    """Run test_events' loop tests on oxloop's native backend too (its own
+    classes then cover the user-selector backend through SelectorEventLoop),
+    and test_subprocess's tests with oxloop watching children itself (pidfd,
+    then the thread fallback) rather than through a watcher on the policy."""
     from test.test_asyncio import utils as test_utils
 
-    class OxloopNativeEventLoopTests(mixin, test_utils.TestCase):
-        def create_event_loop(self):
-            return oxloop.new_event_loop()
+    def add(name, *bases, **attrs):
+        cls = type(name, (*bases, test_utils.TestCase), attrs)
+        cls.__module__ = module.__name__
+        setattr(module, name, cls)
 
-    OxloopNativeEventLoopTests.__module__ = module.__name__
-    OxloopNativeEventLoopTests.__qualname__ = "OxloopNativeEventLoopTests"
-    module.OxloopNativeEventLoopTests = OxloopNativeEventLoopTests
+    events_mixin = getattr(module, "UnixEventLoopTestsMixin", None)
+    if events_mixin is not None:
+        add(
+            "OxloopNativeEventLoopTests",
+            events_mixin,
+            create_event_loop=lambda self: oxloop.new_event_loop(),
+        )
+    subprocess_mixin = getattr(module, "SubprocessMixin", None)
+    if subprocess_mixin is not None and sys.platform != "win32":
+        from oxloop import _children
+
+        def set_up(self, pidfd):
+            super(type(self), self).setUp()
+            self.addCleanup(setattr, _children, "USE_PIDFD", _children.USE_PIDFD)
+            _children.USE_PIDFD = pidfd
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                asyncio.set_child_watcher(None)
+            self.loop = oxloop.new_event_loop()
+            self.set_event_loop(self.loop)
+
+        add("OxloopPidfdSubprocessTests", subprocess_mixin, setUp=lambda s: set_up(s, True))
+        add("OxloopThreadSubprocessTests", subprocess_mixin, setUp=lambda s: set_up(s, False))
 
 
 class Recorder(unittest.TestResult):
