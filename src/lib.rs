@@ -17,6 +17,7 @@ fn _oxloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     engine::handle::init(m.py())?;
     m.add_class::<engine::loop_::Engine>()?;
     m.add_class::<transport::stream::StreamCore>()?;
+    m.add_class::<transport::datagram::DatagramCore>()?;
     m.add_class::<net::sock::SockOp>()?;
     m.add_function(wrap_pyfunction!(process::watch_child, m)?)?;
     Ok(())

@@ -25,6 +25,7 @@ from asyncio import base_events, events, format_helpers, unix_events
 
 from . import _children
 from ._oxloop import Engine, SockOp
+from ._datagram import DatagramTransport
 from ._pipes import ReadPipeTransport, WritePipeTransport
 from ._transport import SocketTransport, make_ssl_transport
 
@@ -40,8 +41,8 @@ _FORMAT_TAKES_DEBUG = (
 # Pure-Python methods of asyncio's Unix selector loop (each resolved to the
 # most derived of its classes) whose only dependencies are the primitives
 # `Engine` provides and the attributes `Loop._init_loop` sets. Stream
-# and pipe transports are oxloop's (`_make_socket_transport`,
-# `_make_read_pipe_transport`, ...).
+# datagram and pipe transports are oxloop's (`_make_socket_transport`,
+# `_make_datagram_transport`, `_make_read_pipe_transport`, ...).
 _ADOPTED = (
     # running, tasks, executors, errors, debug
     "__repr__",
@@ -113,7 +114,6 @@ _ADOPTED = (
     "connect_accepted_socket",
     "create_unix_connection",
     "create_unix_server",
-    "_make_datagram_transport",
     "_start_serving",
     "_accept_connection",
     "_accept_connection2",
@@ -284,6 +284,9 @@ class Loop(Engine, asyncio.AbstractEventLoop):
         return SocketTransport(self, sock, protocol, waiter, extra, server)
 
     _make_ssl_transport = make_ssl_transport
+
+    def _make_datagram_transport(self, sock, protocol, address=None, waiter=None, extra=None):
+        return DatagramTransport(self, sock, protocol, address, waiter, extra)
 
     def _make_read_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
         return ReadPipeTransport(self, pipe, protocol, waiter, extra)

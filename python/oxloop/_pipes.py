@@ -83,23 +83,19 @@ class _PipeTransport:
     def _close(self, exc=None):
         self._core.force_close(exc)
 
-    def _report_error(self, exc, message):
-        """A protocol callback raised: report it; the pipe stays open."""
-        self._loop.call_exception_handler(
-            {
-                "message": message,
-                "exception": exc,
-                "transport": self,
-                "protocol": self._core.protocol,
-            }
-        )
-
     def _fatal_error(self, exc, message="Fatal error on pipe transport"):
         if isinstance(exc, OSError) and self._expected(exc):
             if self._loop.get_debug():
                 logger.debug("%r: %s", self, message, exc_info=True)
         else:
-            self._report_error(exc, message)
+            self._loop.call_exception_handler(
+                {
+                    "message": message,
+                    "exception": exc,
+                    "transport": self,
+                    "protocol": self._core.protocol,
+                }
+            )
         self._close(exc)
 
     def _call_connection_lost(self, exc):

@@ -1,7 +1,10 @@
 //! Conversions between the OS's view of sockets and Python's: errors, reads
-//! that become one `bytes`, writes from Python buffers.
+//! that become one `bytes`, writes from Python buffers, addresses.
 
+pub mod addr;
 pub mod sock;
+
+use addr::SockAddr;
 
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyOSError, PyTypeError};
@@ -139,4 +142,49 @@ pub fn read_copied(py: Python<'_>, fd: RawFd, len: usize) -> io::Result<Bound<'_
         let n = unsafe { read_raw(fd, buf.as_mut_ptr(), len)? };
         Ok(PyBytes::new(py, &buf[..n]))
     })
+}
+
+/// `recvfrom(2)` of one datagram of at most [`MAX_READ`] bytes through the
+/// thread's shared buffer: the datagram as a `bytes` and who sent it.
+pub fn recvfrom_copied(py: Python<'_>, fd: RawFd) -> io::Result<(Bound<'_, PyBytes>, SockAddr)> {
+    READ_BUF.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        let mut from = SockAddr::empty();
+        // SAFETY: the buffer and the address storage are live for the call,
+        // and their lengths are what is passed.
+        let n = unsafe {
+            libc::recvfrom(
+                fd,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                0,
+                (&mut from.storage as *mut libc::sockaddr_storage).cast(),
+                &mut from.len,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok((PyBytes::new(py, &buf[..n as usize]), from))
+    })
+}
+
+/// `sendto(2)` of one datagram, without SIGPIPE.
+pub fn sendto(fd: RawFd, data: &[u8], to: &SockAddr) -> io::Result<usize> {
+    // SAFETY: `data` and the address are live for the call.
+    let n = unsafe {
+        libc::sendto(
+            fd,
+            data.as_ptr().cast(),
+            data.len(),
+            libc::MSG_NOSIGNAL,
+            (&to.storage as *const libc::sockaddr_storage).cast(),
+            to.len,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
 }

@@ -9,6 +9,7 @@
 //! the Python classes, as asyncio writes them.
 
 use super::buffer::{Chunk, WriteBuffer};
+use super::report_protocol_error;
 use crate::engine::handle;
 use crate::engine::loop_::Engine;
 use crate::engine::watchers::{IoTarget, Side, Watcher};
@@ -325,15 +326,23 @@ impl StreamCore {
     /// `_fatal_error`); a pipe transport reports it and reads on, as
     /// asyncio's pipe transports do (the exception escapes their callback).
     fn protocol_failed(slf: &Bound<'_, Self>, err: PyErr, method: &str) -> PyResult<()> {
-        let message = format!("Fatal error: protocol.{method}() call failed.");
         match slf.get().kind {
-            FdKind::Socket => Self::fatal_error(slf, err, &message),
-            FdKind::Pipe if handle::escapes(slf.py(), &err) => Err(err),
-            FdKind::Pipe => slf
-                .get()
-                .transport
-                .call_method1(slf.py(), "_report_error", (err.value(slf.py()), message))
-                .map(drop),
+            FdKind::Socket => {
+                let message = format!("Fatal error: protocol.{method}() call failed.");
+                Self::fatal_error(slf, err, &message)
+            }
+            FdKind::Pipe => {
+                let py = slf.py();
+                let this = slf.get();
+                let protocol = this.state.lock().protocol.as_ref().map(|p| p.clone_ref(py));
+                report_protocol_error(
+                    this.engine.bind(py).as_any(),
+                    this.transport.bind(py),
+                    protocol.as_ref().map(|p| p.bind(py)),
+                    err,
+                    method,
+                )
+            }
         }
     }
 
