@@ -15,6 +15,7 @@ use pyo3::prelude::*;
 #[pymodule]
 fn _oxloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     engine::handle::init(m.py())?;
+    engine::fork::install();
     m.add_class::<engine::loop_::Engine>()?;
     m.add_class::<transport::stream::StreamCore>()?;
     m.add_class::<transport::datagram::DatagramCore>()?;

@@ -15,6 +15,7 @@ import inspect
 import logging
 import os
 import selectors
+import signal
 import socket
 import sys
 import threading
@@ -215,11 +216,15 @@ class Loop(Engine, asyncio.AbstractEventLoop):
             finalizer=self._asyncgen_finalizer_hook,
         )
         events._set_running_loop(self)
+        if sys.version_info < (3, 12):
+            _running.add(self)
 
     def _run_forever_cleanup(self):
         self._stopping = False
         self._thread_id = None
         events._set_running_loop(None)
+        if sys.version_info < (3, 12):
+            _running.discard(self)
         self._set_coroutine_origin_tracking(False)
         if self._old_agen_hooks is not None:
             sys.set_asyncgen_hooks(*self._old_agen_hooks)
@@ -417,6 +422,24 @@ class SelectorEventLoop(Loop):
 
 
 Loop.__module__ = SelectorEventLoop.__module__ = "oxloop"
+
+
+if sys.version_info < (3, 12):
+    # The oxloop loops running in this process.
+    _running = weakref.WeakSet()
+
+    def _reset_in_child():
+        """asyncio 3.12's on-fork reset, for 3.11 and oxloop's loops: a child
+        forked while a loop runs starts with no running loop, no current loop
+        and no signal wakeup fd (which would wake the parent's loop)."""
+        if _running:
+            events._set_running_loop(None)
+            signal.set_wakeup_fd(-1)
+            policy = events._event_loop_policy
+            if policy is not None:
+                policy._local = events.BaseDefaultEventLoopPolicy._Local()
+
+    os.register_at_fork(after_in_child=_reset_in_child)
 
 
 def new_event_loop() -> Loop:

@@ -132,6 +132,13 @@ impl Backend for Epoll {
     fn close(&mut self) {
         self.epfd = None;
     }
+
+    fn reopen(&mut self, waker: Arc<Waker>) -> io::Result<bool> {
+        // Dropping the old instance closes this process's copy of its fd;
+        // the parent's registrations stay as they are.
+        *self = Epoll::new(waker)?;
+        Ok(true)
+    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ pub mod waker;
 
 use std::io;
 use std::os::fd::RawFd;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// What the loop wants to hear about one file descriptor.
@@ -57,6 +58,12 @@ pub trait Backend: Send {
 
     /// Releases what the backend holds from the OS (or the user's selector).
     fn close(&mut self);
+
+    /// In a forked child: lets go of the kernel state shared with the
+    /// parent's loop without changing it, and starts afresh around `waker`,
+    /// watching nothing. False when the backend keeps its state (a user's
+    /// selector, whose state is the user's).
+    fn reopen(&mut self, waker: Arc<waker::Waker>) -> io::Result<bool>;
 }
 
 /// Rounds a timeout up to whole milliseconds, as asyncio's selectors do, so a

@@ -96,4 +96,8 @@ impl Backend for PySelector {
             });
         }
     }
+
+    fn reopen(&mut self, _waker: Arc<Waker>) -> io::Result<bool> {
+        Ok(false)
+    }
 }

@@ -6,6 +6,7 @@
 //! handler). Locks here are never held while Python code runs: a callback, a
 //! finalizer or a user's selector may call back into the loop at any time.
 
+use super::fork;
 use super::handle::{self, FreeList};
 use super::ready::Ready;
 use super::timers::{monotonic, resolution, TimerHeap};
@@ -13,7 +14,7 @@ use super::watchers::{fileobj_to_fd, IoTarget, Side, Watcher, Watchers};
 use crate::backend::epoll::Epoll;
 use crate::backend::pyselector::PySelector;
 use crate::backend::waker::Waker;
-use crate::backend::{Backend, Event};
+use crate::backend::{Backend, Event, Interest};
 use parking_lot::Mutex;
 use pyo3::exceptions::{PyKeyError, PyRuntimeError, PyTypeError};
 use pyo3::ffi;
@@ -79,6 +80,8 @@ pub struct Engine {
     debug: AtomicBool,
     /// `threading.get_ident()` of the thread running the loop; 0 when stopped.
     thread_id: AtomicU64,
+    /// The fork generation the backend belongs to (see `fork`).
+    forks: AtomicU64,
     resolution: f64,
 }
 
@@ -211,6 +214,7 @@ impl Engine {
     }
 
     fn with_backend<T>(&self, f: impl FnOnce(&mut dyn Backend) -> io::Result<T>) -> PyResult<T> {
+        self.check_fork()?;
         let mut io = self.io.lock();
         let io = io.as_mut().ok_or_else(closed_error)?;
         f(io.backend.as_mut()).map_err(PyErr::from)
@@ -288,8 +292,38 @@ impl Engine {
         }))
     }
 
+    /// In a forked child, before the backend is used: a backend of its own
+    /// (the parent's loop stays undisturbed), watching what this loop
+    /// watched, and a waker of its own.
+    fn check_fork(&self) -> PyResult<()> {
+        let generation = fork::generation();
+        if self.forks.swap(generation, Relaxed) == generation {
+            return Ok(());
+        }
+        let watched: Vec<_> = {
+            let st = self.state.lock();
+            st.watchers
+                .fds()
+                .map(|fd| (fd, st.watchers.interest(fd)))
+                .collect()
+        };
+        let waker = Arc::new(Waker::new()?);
+        let mut io = self.io.lock();
+        let Some(io) = io.as_mut() else {
+            return Ok(());
+        };
+        if io.backend.reopen(waker.clone())? {
+            for (fd, interest) in watched {
+                io.backend.set_interest(fd, Interest::default(), interest)?;
+            }
+            *self.waker.lock() = Some(waker);
+        }
+        Ok(())
+    }
+
     /// Waits for I/O; returns the reports (the buffer goes back via `give_back`).
     fn wait(&self, py: Python<'_>, timeout: Option<Duration>) -> PyResult<Vec<Event>> {
+        self.check_fork()?;
         let wait = || {
             let mut guard = self.io.lock();
             let io = guard
@@ -387,6 +421,7 @@ impl Engine {
             waits_detached: AtomicBool::new(false),
             debug: AtomicBool::new(false),
             thread_id: AtomicU64::new(0),
+            forks: AtomicU64::new(fork::generation()),
             resolution: resolution(),
         }
     }
@@ -400,6 +435,7 @@ impl Engine {
             None => Box::new(Epoll::new(waker.clone())?),
         };
         self.waits_detached.store(backend.waits_detached(), Relaxed);
+        self.forks.store(fork::generation(), Relaxed);
         let old = self.io.lock().replace(Io {
             backend,
             events: Vec::new(),
@@ -476,6 +512,9 @@ impl Engine {
 
     /// Wakes the loop from another thread (asyncio's self-pipe write).
     fn _write_to_self(&self) {
+        if self.forks.load(Relaxed) != fork::generation() {
+            return; // the waker is the parent's until `check_fork` runs
+        }
         if let Some(w) = self.waker.lock().as_ref() {
             w.wake();
         }

@@ -1,5 +1,6 @@
 //! The iteration: ready queue, timers, fd watchers and asyncio's handles.
 
+pub mod fork;
 pub mod handle;
 pub mod loop_;
 pub mod ready;
