@@ -20,17 +20,7 @@ import sys
 import threading
 import time
 
-
-def make_loop(name: str) -> asyncio.AbstractEventLoop:
-    if name == "oxloop":
-        import oxloop
-
-        return oxloop.new_event_loop()
-    if name == "uvloop":
-        import uvloop
-
-        return uvloop.new_event_loop()
-    return asyncio.SelectorEventLoop()
+from common import available_loops, loop_factory
 
 
 def noop(*args):
@@ -182,6 +172,98 @@ def b_sock_pingpong(loop, n):
     b.close()
 
 
+def b_udp_echo(loop, n):
+    window = 32
+
+    class Echo(asyncio.DatagramProtocol):
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def datagram_received(self, data, addr):
+            self.transport.sendto(data, addr)
+
+    class Client(asyncio.DatagramProtocol):
+        def __init__(self):
+            self.sent = self.received = 0
+            self.done = loop.create_future()
+
+        def connection_made(self, transport):
+            self.transport = transport
+            for _ in range(min(window, n)):
+                self.send()
+
+        def send(self):
+            if self.sent < n:
+                self.sent += 1
+                self.transport.sendto(b"x" * 64)
+
+        def datagram_received(self, data, addr):
+            self.received += 1
+            if self.received == n:
+                self.done.set_result(None)
+            self.send()
+
+    async def main():
+        server, _ = await loop.create_datagram_endpoint(Echo, local_addr=("127.0.0.1", 0))
+        client, proto = await loop.create_datagram_endpoint(
+            Client, remote_addr=server.get_extra_info("sockname")
+        )
+        await proto.done
+        client.close()
+        server.close()
+
+    loop.run_until_complete(main())
+
+
+def b_pipe_stream(loop, n):
+    chunk = b"x" * 65536
+
+    class Sink(asyncio.Protocol):
+        def __init__(self):
+            self.left = n * len(chunk)
+            self.done = loop.create_future()
+
+        def data_received(self, data):
+            self.left -= len(data)
+            if self.left == 0:
+                self.done.set_result(None)
+
+    async def main():
+        r, w = os.pipe()
+        rt, sink = await loop.connect_read_pipe(Sink, os.fdopen(r, "rb", 0))
+        wt, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(w, "wb", 0))
+        for _ in range(n):
+            wt.write(chunk)
+            if wt.get_write_buffer_size() > 1 << 20:
+                await asyncio.sleep(0)
+        await sink.done
+        wt.close()
+        rt.close()
+
+    loop.run_until_complete(main())
+
+
+def b_spawn_wait(loop, n):
+    async def main():
+        for _ in range(n):
+            proc = await asyncio.create_subprocess_exec("true")
+            await proc.wait()
+
+    loop.run_until_complete(main())
+
+
+def b_spawn_communicate(loop, n):
+    async def main():
+        for _ in range(n):
+            proc = await asyncio.create_subprocess_exec(
+                "cat", stdin=subprocess.PIPE, stdout=subprocess.PIPE
+            )
+            out, _ = await proc.communicate(b"x" * 4096)
+            assert len(out) == 4096
+
+    loop.run_until_complete(main())
+
+
 BENCHMARKS = {
     "call_soon": (b_call_soon, 200_000),
     "call_later fire": (b_call_later_fire, 100_000),
@@ -193,13 +275,17 @@ BENCHMARKS = {
     "threadsafe round trip": (b_threadsafe_roundtrip, 10_000),
     "add_reader ping-pong": (b_reader_pingpong, 50_000),
     "sock ping-pong": (b_sock_pingpong, 30_000),
+    "UDP echo 64 B (32 in flight)": (b_udp_echo, 50_000),
+    "pipe stream (64 KiB writes)": (b_pipe_stream, 5_000),
+    "spawn+wait (true)": (b_spawn_wait, 300),
+    "spawn+communicate (cat)": (b_spawn_communicate, 200),
 }
 
 
 def run_one(loop_name: str, bench: str, scale: float) -> float:
     func, n = BENCHMARKS[bench]
     n = max(1, int(n * scale))
-    loop = make_loop(loop_name)
+    loop = loop_factory(loop_name)()
     try:
         func(loop, max(1, n // 10))  # warm-up
         t0 = time.perf_counter()
@@ -207,17 +293,6 @@ def run_one(loop_name: str, bench: str, scale: float) -> float:
         return n / (time.perf_counter() - t0)
     finally:
         loop.close()
-
-
-def available_loops() -> list[str]:
-    loops = ["oxloop", "asyncio"]
-    try:
-        import uvloop  # noqa: F401
-
-        loops.append("uvloop")
-    except ImportError:
-        pass
-    return loops
 
 
 def main() -> int:
@@ -237,7 +312,7 @@ def main() -> int:
     base = "uvloop" if "uvloop" in loops else "asyncio"
     medians: dict[str, dict[str, float]] = {}
     print(f"Python {sys.version.split()[0]}, median of {opts.repeat} runs, ops/s (ratio to {base})")
-    header = f"{'benchmark':<24}" + "".join(f"{name:>20}" for name in loops)
+    header = f"{'benchmark':<30}" + "".join(f"{name:>20}" for name in loops)
     print(header)
     for bench in benches:
         row = {}
@@ -255,7 +330,7 @@ def main() -> int:
             row[name] = statistics.median(samples)
         medians[bench] = row
         cells = "".join(f"{row[name]:>12,.0f} ({row[name] / row[base]:4.2f}x)" for name in loops)
-        print(f"{bench:<24}{cells}", flush=True)
+        print(f"{bench:<30}{cells}", flush=True)
     if opts.json:
         with open(opts.json, "w") as f:
             json.dump({"python": sys.version.split()[0], "medians": medians}, f, indent=1)

@@ -126,9 +126,7 @@ def test_refused_peer_reaches_error_received(loop):
         probe.bind(("127.0.0.1", 0))
         closed = probe.getsockname()
         probe.close()
-        client, cp = await loop.create_datagram_endpoint(
-            lambda: Recorder(loop), remote_addr=closed
-        )
+        client, cp = await loop.create_datagram_endpoint(lambda: Recorder(loop), remote_addr=closed)
         client.sendto(b"anyone?")
         await cp.next()
         if not cp.errors:  # the refusal can come back on the next send instead

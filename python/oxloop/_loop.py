@@ -25,8 +25,8 @@ import weakref
 from asyncio import base_events, events, format_helpers, unix_events
 
 from . import _children
-from ._oxloop import Engine, SockOp
 from ._datagram import DatagramTransport
+from ._oxloop import Engine, SockOp
 from ._pipes import ReadPipeTransport, WritePipeTransport
 from ._transport import SocketTransport, make_ssl_transport
 
@@ -309,8 +309,17 @@ class Loop(Engine, asyncio.AbstractEventLoop):
             )
         waiter = self.create_future()
         transp = unix_events._UnixSubprocessTransport(
-            self, protocol, args, shell, stdin, stdout, stderr, bufsize,
-            waiter=waiter, extra=extra, **kwargs,
+            self,
+            protocol,
+            args,
+            shell,
+            stdin,
+            stdout,
+            stderr,
+            bufsize,
+            waiter=waiter,
+            extra=extra,
+            **kwargs,
         )
         _children.watch_child(self, transp.get_pid(), transp._process_exited)
         try:

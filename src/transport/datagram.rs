@@ -1,8 +1,9 @@
 //! The hot paths of a UDP transport (AF_INET, AF_INET6), in Rust.
 //!
 //! `oxloop._datagram.DatagramTransport` is asyncio's selector datagram
-//! transport with two paths replaced: reading (one `recvfrom` per readable
-//! event, straight to `protocol.datagram_received`, no Handle) and the common
+//! transport with two paths replaced: reading (`recvfrom` straight to
+//! `protocol.datagram_received`, no Handle, several datagrams per readable
+//! event, each delivered as asyncio delivers one) and the common
 //! `sendto` (a numeric address, nothing buffered). Everything else (the
 //! write buffer, flow control, closing, errors) is asyncio's own code.
 
@@ -13,11 +14,16 @@ use crate::net::addr::SockAddr;
 use crate::net::{os_error, recvfrom_copied, send, sendto, with_bytes, would_block, FdKind};
 use parking_lot::Mutex;
 use pyo3::gc::PyVisit;
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyTuple};
 use pyo3::PyTraverseError;
 use std::os::fd::RawFd;
 use std::sync::Arc;
+
+/// How many datagrams one readable event delivers at most, so that one busy
+/// socket cannot starve the rest of the loop.
+const MAX_BATCH: usize = 16;
 
 /// The protocol's methods, resolved once per protocol.
 struct Protocol {
@@ -118,36 +124,43 @@ impl DatagramCore {
         SockAddr::from_python(addr, self.family)
     }
 
+    /// Reads what has arrived, up to [`MAX_BATCH`] datagrams, while the
+    /// transport keeps reading.
     fn read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         let transport = this.transport.bind(py);
-        if transport.getattr("_conn_lost")?.is_truthy()? {
-            return Ok(());
-        }
-        let received = recvfrom_copied(py, this.fd);
-        let (protocol, datagram_received, error_received) = this.protocol(py)?;
-        let (result, method) = match received {
-            Err(e) if would_block(&e) => return Ok(()),
-            Err(e) => (
-                error_received.call1((os_error(e).value(py),)),
-                "error_received",
-            ),
-            Ok((data, from)) => {
-                let addr = this.peer_tuple(py, &from)?;
-                (datagram_received.call1((data, addr)), "datagram_received")
+        for _ in 0..MAX_BATCH {
+            if transport.getattr(intern!(py, "_conn_lost"))?.is_truthy()?
+                || transport.getattr(intern!(py, "_closing"))?.is_truthy()?
+                || transport.getattr(intern!(py, "_paused"))?.is_truthy()?
+            {
+                return Ok(());
             }
-        };
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) => report_protocol_error(
-                this.engine.bind(py).as_any(),
-                transport,
-                Some(&protocol),
-                e,
-                method,
-            ),
+            let received = recvfrom_copied(py, this.fd);
+            let (protocol, datagram_received, error_received) = this.protocol(py)?;
+            let (result, method) = match received {
+                Err(e) if would_block(&e) => return Ok(()),
+                Err(e) => (
+                    error_received.call1((os_error(e).value(py),)),
+                    "error_received",
+                ),
+                Ok((data, from)) => {
+                    let addr = this.peer_tuple(py, &from)?;
+                    (datagram_received.call1((data, addr)), "datagram_received")
+                }
+            };
+            if let Err(e) = result {
+                return report_protocol_error(
+                    this.engine.bind(py).as_any(),
+                    transport,
+                    Some(&protocol),
+                    e,
+                    method,
+                );
+            }
         }
+        Ok(())
     }
 }
 
