@@ -16,16 +16,18 @@ import warnings
 from asyncio import futures, transports
 
 from ._oxloop import StreamCore
+from ._transport import CoreReading, CoreTransport
 
 __all__ = ("ReadPipeTransport", "WritePipeTransport")
 
 logger = logging.getLogger("asyncio")
 
 
-class _PipeTransport:
+class _PipeTransport(CoreTransport):
     """What the read and write pipe transports share."""
 
     _pipe = None
+    _default_fatal_message = "Fatal error on pipe transport"
 
     def _open(self, loop, pipe, protocol, read):
         self._extra["pipe"] = pipe
@@ -51,11 +53,8 @@ class _PipeTransport:
             info.append("closing")
         info.append(f"fd={self._fileno}")
         if self._pipe is not None and self._loop is not None and not self._loop.is_closed():
-            try:
-                events = self._loop._selector.get_key(self._fileno).events
-            except KeyError:
-                events = 0
-            info.append("polling" if events & self._polled else "idle")
+            polling = self._watched_events(self._fileno) & self._polled
+            info.append("polling" if polling else "idle")
             if self._polled == 2:
                 info.append(f"bufsize={self.get_write_buffer_size()}")
         elif self._pipe is not None:
@@ -64,39 +63,12 @@ class _PipeTransport:
             info.append("closed")
         return "<{}>".format(" ".join(info))
 
-    def get_protocol(self):
-        return self._core.protocol
-
-    def set_protocol(self, protocol):
-        self._core.set_protocol(protocol)
-
-    # The protocol, for code written against asyncio's attribute.
-    _protocol = property(get_protocol)
-
-    def is_closing(self):
-        return self._core.closing
-
     def close(self):
         if self._pipe is not None:
             self._core.close()
 
     def _close(self, exc=None):
         self._core.force_close(exc)
-
-    def _fatal_error(self, exc, message="Fatal error on pipe transport"):
-        if isinstance(exc, OSError) and self._expected(exc):
-            if self._loop.get_debug():
-                logger.debug("%r: %s", self, message, exc_info=True)
-        else:
-            self._loop.call_exception_handler(
-                {
-                    "message": message,
-                    "exception": exc,
-                    "transport": self,
-                    "protocol": self._core.protocol,
-                }
-            )
-        self._close(exc)
 
     def _call_connection_lost(self, exc):
         try:
@@ -113,7 +85,7 @@ class _PipeTransport:
             self._pipe.close()
 
 
-class ReadPipeTransport(_PipeTransport, transports.ReadTransport):
+class ReadPipeTransport(_PipeTransport, CoreReading, transports.ReadTransport):
     """The read end of a pipe, FIFO, socket or character device (a tty)."""
 
     _polled = 1  # EVENT_READ
@@ -131,17 +103,6 @@ class ReadPipeTransport(_PipeTransport, transports.ReadTransport):
     def _expected(exc):
         # EIO is how a pty reports that its other side closed.
         return exc.errno == errno.EIO
-
-    def is_reading(self):
-        return self._core.is_reading()
-
-    def pause_reading(self):
-        if self._core.pause_reading() and self._loop.get_debug():
-            logger.debug("%r pauses reading", self)
-
-    def resume_reading(self):
-        if self._core.resume_reading() and self._loop.get_debug():
-            logger.debug("%r resumes reading", self)
 
     def _read_ready__on_eof(self):
         if self._loop.get_debug():
@@ -165,11 +126,6 @@ class WritePipeTransport(_PipeTransport, transports._FlowControlMixin, transport
             loop.call_soon(loop._add_reader, self._fileno, self._read_ready)
         if waiter is not None:
             loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
-
-    @staticmethod
-    def _expected(exc):
-        # A write error means the reader went away.
-        return True
 
     def _read_ready(self):
         # The peer closed the pipe.

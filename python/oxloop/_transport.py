@@ -15,7 +15,7 @@ from asyncio import base_events, constants, futures, sslproto, transports, trsoc
 
 from ._oxloop import StreamCore
 
-__all__ = ("SocketTransport", "make_ssl_transport")
+__all__ = ("CoreReading", "CoreTransport", "SocketTransport", "make_ssl_transport")
 
 logger = logging.getLogger("asyncio")
 
@@ -23,7 +23,72 @@ logger = logging.getLogger("asyncio")
 _SERVER_TRACKS_TRANSPORTS = "transport" in inspect.signature(base_events.Server._attach).parameters
 
 
-class SocketTransport(transports._FlowControlMixin, transports.Transport):
+class CoreTransport:
+    """What every transport around a `StreamCore` shares: its protocol, its
+    closing state, fatal errors, and what the loop watches for it."""
+
+    _default_fatal_message = "Fatal error on transport"
+
+    def get_protocol(self):
+        return self._core.protocol
+
+    def set_protocol(self, protocol):
+        self._core.set_protocol(protocol)
+
+    # The protocol, for code written against asyncio's attribute.
+    _protocol = property(get_protocol)
+
+    def is_closing(self):
+        return self._core.closing
+
+    def _watched_events(self, fd):
+        """The selectors events mask the loop watches `fd` for (for repr)."""
+        try:
+            return self._loop._selector.get_key(fd).events
+        except KeyError:
+            return 0
+
+    @staticmethod
+    def _expected(exc):
+        """True for an OSError that is only logged (in debug mode)."""
+        return True
+
+    def _fatal_error(self, exc, message=None):
+        if message is None:
+            message = self._default_fatal_message
+        if isinstance(exc, OSError) and self._expected(exc):
+            if self._loop.get_debug():
+                logger.debug("%r: %s", self, message, exc_info=True)
+        else:
+            self._loop.call_exception_handler(
+                {
+                    "message": message,
+                    "exception": exc,
+                    "transport": self,
+                    "protocol": self._core.protocol,
+                }
+            )
+        self._core.force_close(exc)
+
+
+class CoreReading:
+    """Pausing and resuming reading, for the transports that read."""
+
+    def is_reading(self):
+        return self._core.is_reading()
+
+    def pause_reading(self):
+        if self._core.pause_reading() and self._loop.get_debug():
+            logger.debug("%r pauses reading", self)
+
+    def resume_reading(self):
+        if self._core.resume_reading() and self._loop.get_debug():
+            logger.debug("%r resumes reading", self)
+
+
+class SocketTransport(
+    CoreTransport, CoreReading, transports._FlowControlMixin, transports.Transport
+):
     """A transport for a connected TCP or Unix stream socket."""
 
     _start_tls_compatible = True
@@ -68,39 +133,13 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
             info.append("closing")
         info.append(f"fd={self._sock_fd}")
         if self._loop is not None and not self._loop.is_closed():
-            try:
-                events = self._loop._selector.get_key(self._sock_fd).events
-            except KeyError:
-                events = 0
+            events = self._watched_events(self._sock_fd)
             info.append("read=polling" if events & 1 else "read=idle")
             state = "polling" if events & 2 else "idle"
             info.append(f"write=<{state}, bufsize={self.get_write_buffer_size()}>")
         return "<{}>".format(" ".join(info))
 
     # -- the transport API ---------------------------------------------------
-
-    def get_protocol(self):
-        return self._core.protocol
-
-    def set_protocol(self, protocol):
-        self._core.set_protocol(protocol)
-
-    # The protocol, for code written against asyncio's attribute.
-    _protocol = property(get_protocol)
-
-    def is_closing(self):
-        return self._core.closing
-
-    def is_reading(self):
-        return self._core.is_reading()
-
-    def pause_reading(self):
-        if self._core.pause_reading() and self._loop.get_debug():
-            logger.debug("%r pauses reading", self)
-
-    def resume_reading(self):
-        if self._core.resume_reading() and self._loop.get_debug():
-            logger.debug("%r resumes reading", self)
 
     def write(self, data):
         if self._core.write(data):
@@ -140,21 +179,6 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
             self._core.stop_reading()
         else:
             self.close()
-
-    def _fatal_error(self, exc, message="Fatal error on transport"):
-        if isinstance(exc, OSError):
-            if self._loop.get_debug():
-                logger.debug("%r: %s", self, message, exc_info=True)
-        else:
-            self._loop.call_exception_handler(
-                {
-                    "message": message,
-                    "exception": exc,
-                    "transport": self,
-                    "protocol": self._core.protocol,
-                }
-            )
-        self._force_close(exc)
 
     def _force_close(self, exc):
         self._core.force_close(exc)
