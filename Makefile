@@ -3,7 +3,7 @@
 #   make test   lint, Rust unit tests, then for every Python: behaviour tests
 #               (integration tests against real redis-server and PostgreSQL
 #               included) and CPython's test_asyncio conformance suite
-#   make bench  micro and TCP echo benchmarks: oxloop vs uvloop vs asyncio
+#   make bench  every benchmark against every rival loop; writes docs/benchmarks.md
 # Everything installs into .venv-<version>/ (pip packages and the Rust build).
 
 PY_VERSIONS ?= 3.11 3.12 3.13
@@ -47,8 +47,9 @@ $(addprefix test-,$(PY_VERSIONS)): test-%: venv-%
 	$(call vpy,$*) -m pytest tests -q -p no:cacheprovider
 
 bench: venv-$(RUN_VERSION) services
-	$(call vpy,$(RUN_VERSION)) bench/micro.py
-	$(call vpy,$(RUN_VERSION)) bench/echo.py
+	$(call vpy,$(RUN_VERSION)) -m pip install -q --disable-pip-version-check -r requirements-bench.txt
+	scripts/install-rsloop $(call vpy,$(RUN_VERSION))
+	cd bench && $(call vpy,$(RUN_VERSION)) run.py
 
 clean:
 	rm -rf target .venv-* python/oxloop/*.so

@@ -19,7 +19,15 @@ import sys
 import time
 from pathlib import Path
 
-from common import available_loops, cpu_seconds, pinned, start_server
+from common import (
+    available_loops,
+    baseline,
+    cpu_seconds,
+    guarded,
+    peak_rss_mib,
+    pinned,
+    start_server,
+)
 
 HERE = Path(__file__).resolve().parent
 LOADGEN = HERE / "loadgen" / "target" / "release" / "oxloop-loadgen"
@@ -45,19 +53,50 @@ def run_cell(loop: str, kind: str, size: int, conns: int, seconds: float) -> dic
         load = pinned(str(LOADGEN), str(port), str(conns), str(size))
         subprocess.run([*load, "0.5"], capture_output=True, check=True)  # warm-up
         before = cpu_seconds(server.pid)
-        out = subprocess.run([*load, str(seconds)], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [*load, str(seconds)], capture_output=True, text=True, check=True, timeout=seconds + 30
+        )
         used = cpu_seconds(server.pid) - before
+        rss = peak_rss_mib(server.pid)
         result = json.loads(out.stdout)
     finally:
         server.kill()
         server.wait()
-    requests = max(result["requests"], 1)
+    requests = result["requests"]
+    if not requests:
+        raise ValueError("no request served")
     return {
         "rps": requests / result["seconds"],
         "cpu_us": used / requests * 1e6,
         "p50_us": result["p50_us"],
         "p99_us": result["p99_us"],
+        "rss_mib": rss,
     }
+
+
+def table(loops: list[str], kinds, sizes, conns, seconds: float) -> list[dict]:
+    """Runs every (kind, size, conns) cell on every loop, printing each row."""
+    build_loadgen()
+    base = baseline(loops)
+    cells = []
+    print(
+        f"Python {sys.version.split()[0]}; TCP echo, server CPU µs/request (ratio to {base}), "
+        "requests/s, p50/p99 µs"
+    )
+    print(f"{'kind':<9}{'size':>7}{'conns':>6}  " + "".join(f"{name:>36}" for name in loops))
+    for kind in kinds:
+        for size in sizes:
+            for n in conns:
+                row = {name: guarded(run_cell, name, kind, size, n, seconds) for name in loops}
+                cells.append({"kind": kind, "size": size, "conns": n, **row})
+                text = "".join(
+                    f"{r['cpu_us']:>8.1f} ({r['cpu_us'] / row[base]['cpu_us']:4.2f}x) "
+                    f"{r['rps']:>8.0f}/s {r['p50_us']:>4}/{r['p99_us']:<5}"
+                    for r in row.values()
+                )
+                print(f"{kind:<9}{size:>7}{n:>6}  {text}", flush=True)
+                time.sleep(0.2)
+    return cells
 
 
 def main() -> int:
@@ -66,29 +105,16 @@ def main() -> int:
     parser.add_argument("--kinds", default="protocol,buffered,streams,sock")
     parser.add_argument("--sizes", default="1024,10240,102400")
     parser.add_argument("--conns", default="1,10,100")
+    parser.add_argument("--loops", help="comma-separated loop modules (default: all installed)")
     parser.add_argument("--json", help="write every cell here")
     opts = parser.parse_args()
-    build_loadgen()
-    loops = available_loops()
-    base = "uvloop" if "uvloop" in loops else "asyncio"
-    cells = []
-    print(
-        f"Python {sys.version.split()[0]}; server CPU µs/request (ratio to {base}), "
-        "requests/s, p50/p99 µs"
+    cells = table(
+        opts.loops.split(",") if opts.loops else available_loops(),
+        opts.kinds.split(","),
+        [int(size) for size in opts.sizes.split(",")],
+        [int(n) for n in opts.conns.split(",")],
+        opts.seconds,
     )
-    print(f"{'kind':<9}{'size':>7}{'conns':>6}  " + "".join(f"{name:>36}" for name in loops))
-    for kind in opts.kinds.split(","):
-        for size in map(int, opts.sizes.split(",")):
-            for conns in map(int, opts.conns.split(",")):
-                row = {name: run_cell(name, kind, size, conns, opts.seconds) for name in loops}
-                cells.append({"kind": kind, "size": size, "conns": conns, **row})
-                text = "".join(
-                    f"{r['cpu_us']:>8.1f} ({r['cpu_us'] / row[base]['cpu_us']:4.2f}x) "
-                    f"{r['rps']:>8.0f}/s {r['p50_us']:>4}/{r['p99_us']:<5}"
-                    for r in row.values()
-                )
-                print(f"{kind:<9}{size:>7}{conns:>6}  {text}", flush=True)
-                time.sleep(0.2)
     if opts.json:
         Path(opts.json).write_text(json.dumps(cells, indent=1))
     return 0

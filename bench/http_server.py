@@ -1,4 +1,4 @@
-"""A keep-alive HTTP/1.1 server on httptools for bench/http.py.
+"""A keep-alive HTTP/1.1 server on httptools for bench/http_bench.py.
 
     python bench/http_server.py LOOP CPU
 

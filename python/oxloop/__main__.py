@@ -1,5 +1,6 @@
 """`python -m oxloop SCRIPT [ARGS...]` or `python -m oxloop -m MODULE [ARGS...]`:
-run an unmodified asyncio program with oxloop as its event loop."""
+run an unmodified asyncio program with oxloop as its event loop.
+`python -m oxloop bench`: a quick benchmark of oxloop against asyncio (and uvloop)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,20 @@ import sys
 
 from ._policy import install
 
-USAGE = "usage: python -m oxloop SCRIPT [ARGS...] | python -m oxloop -m MODULE [ARGS...]"
+USAGE = (
+    "usage: python -m oxloop SCRIPT [ARGS...] | python -m oxloop -m MODULE [ARGS...]"
+    " | python -m oxloop bench [--help]"
+)
 
 
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help") or argv == ["-m"]:
         print(USAGE, file=sys.stderr if not argv or argv == ["-m"] else sys.stdout)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
+    if argv[0] == "bench":
+        from ._bench import main as bench
+
+        return bench(argv[1:])
     install()
     if argv[0] == "-m":
         sys.argv = argv[1:]

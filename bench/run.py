@@ -1,0 +1,224 @@
+"""Every benchmark in one run, and the report made from it.
+
+    python bench/run.py [--seconds 3] [--repeat 5] [--out docs]
+
+Runs the micro benchmarks (oxloop._bench), the TCP echo table (echo.py) and
+the HTTP table (http.py) on every loop installed, then writes
+OUT/benchmarks.md (method, machine, tables of ratios), OUT/benchmarks.png
+(bar chart of ratios to uvloop) and OUT/benchmarks.json (every raw figure).
+The report is generated from the run, never edited by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import echo
+import http_bench
+from common import available_loops, baseline
+from oxloop import _bench as micro
+
+ECHO_KINDS = ("protocol", "buffered", "streams", "sock")
+ECHO_SIZES = (1024, 10240, 102400)
+ECHO_CONNS = (1, 10, 100)
+HTTP_CONNS = (10, 100)
+
+
+def machine() -> dict:
+    """What the figures were measured on."""
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": sys.version.split()[0],
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def version(loop: str) -> str:
+    if loop == "asyncio":
+        return f"Python {sys.version.split()[0]}"
+    try:
+        return importlib.metadata.version(loop)
+    except importlib.metadata.PackageNotFoundError:
+        return "?"
+
+
+def size_label(size: int) -> str:
+    return f"{size // 1024} KiB"
+
+
+def ratio_table(header: list[str], rows: list[tuple[str, dict]], loops, base, better) -> str:
+    """A markdown table of `value (ratio to base)` per loop; `better` marks the best."""
+    lines = [
+        "| " + " | ".join([*header, *loops]) + " |",
+        "|" + "---|" * (len(header) + len(loops)),
+    ]
+    for label, row in rows:
+        measured = [row[name] for name in loops if not math.isnan(row[name])]
+        best = better(measured) if measured else None
+        cells = []
+        for name in loops:
+            value, ratio = row[name], row[name] / row[base]
+            if math.isnan(value):
+                cells.append("failed")
+                continue
+            text = f"{value:,.1f}" if value < 1000 else f"{value:,.0f}"
+            text += f" ({ratio:.2f}x)"
+            cells.append(f"**{text}**" if value == best else text)
+        lines.append("| " + label + " | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def chart(results: dict, loops: list[str], base: str, path: Path) -> None:
+    """Bar chart: each cell's speed relative to `base` (higher is better) per loop."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels, speedups = [], {name: [] for name in loops}
+    for bench, row in results["micro"].items():
+        labels.append(bench)
+        for name in loops:
+            speedups[name].append(row[name] / row[base])
+    for cell in results["echo"]:
+        labels.append(f"echo {cell['kind']} {size_label(cell['size'])} c{cell['conns']}")
+        for name in loops:
+            speedups[name].append(cell[base]["cpu_us"] / cell[name]["cpu_us"])
+    for cell in results["http"]:
+        labels.append(f"HTTP c{cell['conns']}")
+        for name in loops:
+            speedups[name].append(cell[base]["cpu_us"] / cell[name]["cpu_us"])
+    fig, ax = plt.subplots(figsize=(10, 0.32 * len(labels) * len(loops) ** 0.5 + 1.5))
+    height = 0.8 / len(loops)
+    for i, name in enumerate(loops):
+        positions = [row + (i - (len(loops) - 1) / 2) * height for row in range(len(labels))]
+        ax.barh(positions, speedups[name], height=height, label=name)
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel(
+        f"speed relative to {base} (ops/s ratio; echo and HTTP: {base}'s CPU per request "
+        "÷ the loop's), log scale, higher is better"
+    )
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def report(results: dict, loops: list[str], base: str, png: str) -> str:
+    info = results["machine"]
+    micro_rows = list(results["micro"].items())
+    echo_rows = [
+        (
+            f"{cell['kind']} | {size_label(cell['size'])} | {cell['conns']}",
+            {name: cell[name]["cpu_us"] for name in loops},
+        )
+        for cell in results["echo"]
+    ]
+    rss_rows = [
+        (
+            f"{cell['kind']} | {size_label(cell['size'])} | {cell['conns']}",
+            {name: cell[name]["rss_mib"] for name in loops},
+        )
+        for cell in results["echo"]
+        if cell["conns"] == max(ECHO_CONNS)
+    ]
+    http_rows = [
+        (str(cell["conns"]), {name: cell[name]["cpu_us"] for name in loops})
+        for cell in results["http"]
+    ]
+    rps_rows = [
+        (
+            f"{cell['kind']} | {size_label(cell['size'])} | {cell['conns']}",
+            {name: cell[name]["rps"] for name in loops},
+        )
+        for cell in results["echo"]
+    ]
+    versions = ", ".join(f"{name} {version(name)}" for name in loops)
+    return f"""# Benchmarks
+
+Generated by `python bench/run.py` (`make bench`) on {info["date"]}; do not edit by hand.
+Raw figures: [benchmarks.json](benchmarks.json).
+
+## Method
+- Machine: {info["cpu"]}, {info["cores"]} cores, Linux {info["kernel"]}, Python {info["python"]}.
+- Loops: {versions}.
+- Micro benchmarks (`oxloop._bench`, what `python -m oxloop bench` runs in a quick version):
+  each (loop, benchmark) runs {results["repeat"]} times, each time in a fresh process; the
+  figure is the median ops/s.
+- TCP echo (`bench/echo.py`) and HTTP (`bench/http.py`): the server runs in its own process
+  pinned to CPU 0, the load generator (bench/loadgen, compiled Rust; wrk for HTTP) pinned to
+  CPU 1, {results["seconds"]} s per cell after a warm-up. The load generator saturates its core
+  first, so the figure that separates loops is the **server's CPU time per request** (user +
+  system, from /proc); lower is better. Requests/s and peak RSS (VmHWM) are given beside it.
+- Ratios are to {base} in the same run. This is a shared 2-core machine: figures move by
+  ±10–20 % between runs; compare ratios, not absolute numbers.
+
+![ratios to {base}]({png})
+
+## Micro benchmarks: ops/s (ratio to {base}), higher is better
+{ratio_table(["benchmark"], micro_rows, loops, base, max)}
+
+## TCP echo: server CPU µs per request (ratio to {base}), lower is better
+{ratio_table(["kind", "size", "conns"], echo_rows, loops, base, min)}
+
+## TCP echo: requests/s (ratio to {base})
+{ratio_table(["kind", "size", "conns"], rps_rows, loops, base, max)}
+
+## TCP echo: peak RSS of the server, MiB (ratio to {base}), lower is better
+{ratio_table(["kind", "size", "conns"], rss_rows, loops, base, min)}
+
+## HTTP/1.1 keep-alive (httptools, wrk): server CPU µs per request, lower is better
+{ratio_table(["conns"], http_rows, loops, base, min)}
+"""
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=3.0, help="per echo/HTTP cell")
+    parser.add_argument("--repeat", type=int, default=5, help="runs per micro benchmark")
+    parser.add_argument("--loops", help="comma-separated loop modules (default: all installed)")
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "docs"))
+    opts = parser.parse_args()
+    loops = opts.loops.split(",") if opts.loops else available_loops()
+    base = baseline(loops)
+    results = {
+        "machine": machine(),
+        "seconds": opts.seconds,
+        "repeat": opts.repeat,
+        "loops": {name: version(name) for name in loops},
+        "micro": micro.run(loops, list(micro.BENCHMARKS), opts.repeat, 1.0),
+        "echo": echo.table(loops, ECHO_KINDS, ECHO_SIZES, ECHO_CONNS, opts.seconds),
+        "http": http_bench.table(loops, HTTP_CONNS, max(1, round(opts.seconds))),
+    }
+    out = Path(opts.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "benchmarks.json").write_text(json.dumps(results, indent=1) + "\n")
+    chart(results, loops, base, out / "benchmarks.png")
+    (out / "benchmarks.md").write_text(report(results, loops, base, "benchmarks.png"))
+    print(f"wrote {out / 'benchmarks.md'}, benchmarks.png, benchmarks.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
