@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
 import sys
 import threading
 import time
+import warnings
+import weakref
 
 import pytest
 
@@ -354,3 +357,68 @@ def test_handles_kept_by_the_caller_stay_intact(loop):
     assert all(h._callback is first and not h.cancelled() for h in kept)
     h = watched()
     assert h is None or h._callback is first
+
+
+class Node:
+    """An object in a reference cycle with a handle: node → handle → node.ping."""
+
+    def ping(self):
+        pass
+
+
+def _collected(ref) -> bool:
+    for _ in range(3):
+        gc.collect()
+    return ref() is None
+
+
+def test_cycles_through_handles_the_loop_let_go_of_are_collected(loop):
+    ran, cancelled_timer, cancelled = Node(), Node(), Node()
+    ran.handle = loop.call_soon(ran.ping)
+    cancelled_timer.handle = loop.call_later(3600, cancelled_timer.ping)
+    cancelled_timer.handle.cancel()
+    cancelled.handle = loop.call_soon(cancelled.ping)
+    cancelled.handle.cancel()
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    loop.close()
+    refs = [weakref.ref(node) for node in (ran, cancelled_timer, cancelled)]
+    del ran, cancelled_timer, cancelled
+    assert [_collected(ref) for ref in refs] == [True, True, True]
+
+
+def test_pending_callbacks_survive_collections(loop):
+    class Box:
+        def hit(self):
+            hits.append(self)
+
+    hits = []
+    var = contextvars.ContextVar("var")
+    seen = []
+    for _ in range(1000):
+        loop.call_soon(Box().hit)
+    var.set(Node())
+    loop.call_soon(lambda: seen.append(type(var.get())))
+    loop.call_later(0, lambda: seen.append(type(var.get())))
+    gc.collect()
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert len(hits) == 1000 and all(type(box) is Box for box in hits)
+    assert seen == [Node, Node]
+
+
+@pytest.mark.parametrize("kept_last", [False, True])
+def test_a_dropped_loop_with_pending_callbacks_is_collected(loop_factory, kept_last):
+    loop = loop_factory()
+    node = Node()
+    node.handle = loop.call_soon(node.ping)
+    loop.call_soon(loop.stop)  # the loop refers to itself through its queue
+    if kept_last:
+        node.timer = loop.call_later(3600, loop.stop)
+    else:
+        loop.call_later(3600, loop.stop)
+    ref = weakref.ref(loop)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        del loop, node
+        assert _collected(ref)

@@ -4,12 +4,22 @@
 //! so `isinstance` checks, `repr`, `cancel()` and debug tracebacks behave as in
 //! asyncio. Outside debug mode they are built and read through their
 //! `__slots__` directly: no `__init__`, no attribute lookups on the hot path.
+//!
+//! Queued handles are kept out of the garbage collector's lists ([`untrack`]):
+//! a busy loop holds thousands, each with its context copy, and the collector
+//! walking them on every young collection cost more than making them. They
+//! are reachable from the loop anyway. The loop's traverse visits what a
+//! handle only it holds refers to ([`visit`]), so a cycle through a dropped
+//! loop is still collected, and a handle that leaves the loop while something
+//! else holds it is tracked again ([`retrack`]).
 
 use pyo3::exceptions::{PyImportError, PyKeyboardInterrupt, PySystemExit};
 use pyo3::ffi;
+use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyTuple, PyType};
+use pyo3::PyTraverseError;
 
 /// Byte offsets of the slots of asyncio's handle classes.
 struct Layout {
@@ -163,14 +173,8 @@ pub fn reusable(h: &Bound<'_, PyAny>) -> Option<bool> {
     if refcnt != 1 || !(timer || tp == l.handle.as_ptr().cast()) {
         return None;
     }
-    // SAFETY: `tp` is one of asyncio's handle classes, whose instances have a
-    // weak-reference list at tp_weaklistoffset (negative on 3.12+, where it
-    // sits before the object header).
-    let weakly_referenced = unsafe {
-        let off = (*tp).tp_weaklistoffset;
-        off != 0 && !(*slot(p, off)).is_null()
-    };
-    (!weakly_referenced).then_some(timer)
+    // SAFETY: `p` is a live instance of `tp`, one of asyncio's handle classes.
+    (!unsafe { weakly_referenced(p, tp) }).then_some(timer)
 }
 
 /// Strips a [`reusable`] handle of what it refers to, for [`FreeList::give`].
@@ -182,14 +186,21 @@ pub fn strip(h: Bound<'_, PyAny>, timer: bool) -> Spent {
         // SAFETY: `h` is exactly a Handle/TimerHandle (see `reusable`); slots
         // take any object. The previous values are released when `released`
         // drops, after the handle no longer refers to them.
+        // SAFETY: as below; the context slot holds an object or NULL.
+        unsafe { track_again(*slot(p, l.context)) };
         let released =
             [l.callback, l.args, l.context, l.source_traceback, l.repr].map(|off| unsafe {
                 ffi::Py_INCREF(none.as_ptr());
                 let old = std::mem::replace(&mut *slot(p, off), none.as_ptr());
                 Bound::from_owned_ptr_or_opt(py, old)
             });
-        // SAFETY: as above.
-        unsafe { put(p, l.cancelled, ffi_bool(false)) };
+        // SAFETY: as above; a spare is handed out tracked, like a new handle.
+        unsafe {
+            put(p, l.cancelled, ffi_bool(false));
+            if ffi::PyObject_GC_IsTracked(p) == 0 {
+                ffi::PyObject_GC_Track(p.cast());
+            }
+        }
         drop(released);
     }
     Spent {
@@ -254,6 +265,128 @@ pub fn new<'py>(
         }
     }
     Ok(obj)
+}
+
+/// Takes a queued handle out of the garbage collector's lists when the loop
+/// holds it through exactly `owners` references and nothing refers to it
+/// weakly, with its context when only the handle holds that; see the module
+/// documentation. Every handle untracked here passes through [`retrack`] or
+/// [`strip`] when the loop lets go of it: a context must be tracked when it
+/// is deallocated.
+pub fn untrack_if_owned(h: &Bound<'_, PyAny>, owners: isize) {
+    let p = h.as_ptr();
+    let Some(l) = LAYOUT.get(h.py()) else { return };
+    // SAFETY: reads refcounts, type and tracking of live objects; the type
+    // check makes the slot offsets valid; untracking a tracked GC object is
+    // always allowed.
+    unsafe {
+        let tp = ffi::Py_TYPE(p);
+        if ffi::Py_REFCNT(p) != owners
+            || !(tp == l.handle.as_ptr().cast() || tp == l.timer.as_ptr().cast())
+            || ffi::PyObject_GC_IsTracked(p) == 0
+            || weakly_referenced(p, tp)
+        {
+            return;
+        }
+        ffi::PyObject_GC_UnTrack(p.cast());
+        let ctx = *slot(p, l.context);
+        if !ctx.is_null()
+            && ffi::Py_REFCNT(ctx) == 1
+            && ffi::PyObject_IS_GC(ctx) == 1
+            && ffi::PyObject_GC_IsTracked(ctx) == 1
+        {
+            ffi::PyObject_GC_UnTrack(ctx.cast());
+        }
+    }
+}
+
+/// Whether something refers weakly to `p`, an instance of `tp`.
+///
+/// # Safety
+/// `p` must be a live object of type `tp`, one of asyncio's handle classes.
+unsafe fn weakly_referenced(p: *mut ffi::PyObject, tp: *mut ffi::PyTypeObject) -> bool {
+    // SAFETY: asyncio's handle classes have a weak-reference list at
+    // tp_weaklistoffset (negative on 3.12+, where it sits before the header).
+    unsafe {
+        let off = (*tp).tp_weaklistoffset;
+        off != 0 && !(*slot(p, off)).is_null()
+    }
+}
+
+/// Puts what [`untrack`] took out of the garbage collector's lists back in
+/// when the loop lets go of the handle: its context always (it must be
+/// tracked when it dies), the handle itself if something else still holds it.
+pub fn retrack(h: &Bound<'_, PyAny>) {
+    let p = h.as_ptr();
+    // SAFETY: reads the refcount and type of a live object; a handle's
+    // context slot holds an object or NULL.
+    unsafe {
+        if !is_exact_handle(h) {
+            return;
+        }
+        if let Some(l) = LAYOUT.get(h.py()) {
+            track_again(*slot(p, l.context));
+        }
+        if ffi::Py_REFCNT(p) > 1 && ffi::PyObject_GC_IsTracked(p) == 0 {
+            ffi::PyObject_GC_Track(p.cast());
+        }
+    }
+}
+
+/// Tracks `obj` again if it is a GC object that was untracked.
+///
+/// # Safety
+/// `obj` must be NULL or a live object.
+unsafe fn track_again(obj: *mut ffi::PyObject) {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        if !obj.is_null() && ffi::PyObject_IS_GC(obj) == 1 && ffi::PyObject_GC_IsTracked(obj) == 0 {
+            ffi::PyObject_GC_Track(obj.cast());
+        }
+    }
+}
+
+/// Visits a queued handle for the loop's traverse: the handle itself, or,
+/// when it is untracked (so only the loop holds it), what it refers to.
+pub fn visit(h: &Py<PyAny>, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+    let p = h.as_ptr();
+    // SAFETY: the collector runs traverse on an attached thread; the token
+    // only reads the layout, no Python API is called.
+    let py = unsafe { Python::assume_attached() };
+    let Some(l) = LAYOUT.get(py) else {
+        return visit.call(h);
+    };
+    // SAFETY: reads the refcount, type and tracking of a live object.
+    let owned = unsafe {
+        ffi::Py_REFCNT(p) == 1
+            && ffi::PyObject_GC_IsTracked(p) == 0
+            && (ffi::Py_TYPE(p) == l.handle.as_ptr().cast()
+                || ffi::Py_TYPE(p) == l.timer.as_ptr().cast())
+    };
+    if !owned {
+        return visit.call(h);
+    }
+    for off in [l.callback, l.args, l.loop_, l.context] {
+        // SAFETY: `h` is exactly a Handle/TimerHandle, so the offsets are its
+        // slots, each NULL or a strong reference it owns; `Py` is a
+        // transparent non-null object pointer, so a non-NULL slot can be
+        // borrowed as one for the visit (no reference count is touched).
+        unsafe {
+            let field = slot(p, off);
+            if !(*field).is_null() {
+                visit.call(&*field.cast::<Py<PyAny>>())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether `h` is exactly asyncio's Handle or TimerHandle.
+fn is_exact_handle(h: &Bound<'_, PyAny>) -> bool {
+    LAYOUT.get(h.py()).is_some_and(|l| {
+        let tp = h.get_type();
+        tp.is(l.handle.bind(h.py())) || tp.is(l.timer.bind(h.py()))
+    })
 }
 
 fn ffi_bool(b: bool) -> *mut ffi::PyObject {

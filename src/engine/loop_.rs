@@ -42,12 +42,36 @@ struct State {
     cancelled_timers: usize,
     watchers: Watchers,
     free: FreeList,
+    /// The handle scheduled last, until the next `schedule` or iteration
+    /// checks whether its caller kept it ([`State::settle_last`]).
+    last: Option<Py<PyAny>>,
+}
+
+impl Drop for State {
+    /// A loop dropped without `close()` still lets go of its handles properly.
+    fn drop(&mut self) {
+        let released = self.take_all();
+        if !released.is_empty() {
+            Python::attach(|py| release(py, released));
+        }
+    }
 }
 
 impl State {
+    /// Once the caller of `call_soon`/`call_later` is done with the handle
+    /// it got, a handle only the loop holds leaves the garbage collector's
+    /// lists ([`handle::untrack`]); one the caller kept stays tracked.
+    /// Checked when the next handle is scheduled or the loop iterates.
+    fn settle_last(&mut self, py: Python<'_>) {
+        if let Some(h) = self.last.take() {
+            handle::untrack_if_owned(h.bind(py), 2);
+        }
+    }
+
     /// Empties every queue, returning what they held so it can be released
     /// once the lock is gone.
     fn take_all(&mut self) -> Vec<Ready> {
+        self.last = None;
         let mut all: Vec<Ready> = self.ready.drain(..).collect();
         all.extend(self.watchers.take_all());
         let handles = self
@@ -160,12 +184,17 @@ impl Engine {
         };
         let h = handle::new(slf.as_any(), callback, args, context, when, debug, spare)?;
         let queued = h.clone().unbind();
+        if when.is_some() {
+            handle::set_scheduled(&h, true);
+        }
+        let mut st = this.state.lock();
+        st.settle_last(slf.py());
+        if !debug {
+            st.last = Some(h.clone().unbind());
+        }
         match when {
-            None => this.state.lock().ready.push_back(Ready::Callback(queued)),
-            Some(when) => {
-                handle::set_scheduled(&h, true);
-                this.state.lock().timers.push(when, queued);
-            }
+            None => st.ready.push_back(Ready::Callback(queued)),
+            Some(when) => st.timers.push(when, queued),
         }
         Ok(h)
     }
@@ -603,10 +632,13 @@ impl Engine {
         let this = slf.get();
         let timeout = {
             let mut st = this.state.lock();
+            st.settle_last(py);
             let dropped = Self::prune_timers(&mut st, py);
             let timeout = this.next_timeout(&st);
             drop(st);
-            drop(dropped);
+            for t in dropped {
+                handle::retrack(t.bind(py));
+            }
             timeout
         };
         let events = this.wait(py, timeout)?;
@@ -636,12 +668,16 @@ impl Engine {
                 }
                 Some(Ready::Callback(h)) => h.into_bound(py),
             };
-            if !handle::is_cancelled(&h) {
-                Self::run_handle(slf, &h)?;
+            let ran = if handle::is_cancelled(&h) {
+                Ok(())
+            } else {
+                Self::run_handle(slf, &h)
+            };
+            match handle::reusable(&h).filter(|t| room[usize::from(*t)]) {
+                Some(timer) => spent = Some(handle::strip(h, timer)),
+                None => handle::retrack(&h),
             }
-            if let Some(timer) = handle::reusable(&h).filter(|t| room[usize::from(*t)]) {
-                spent = Some(handle::strip(h, timer));
-            }
+            ran?;
         }
         let full = spent.and_then(|s| this.state.lock().free.give(s));
         drop(full);
@@ -712,10 +748,10 @@ impl Engine {
     }
 
     /// Marks the loop closed and releases the queues, the backend and the waker.
-    fn _close_engine(&self) {
+    fn _close_engine(&self, py: Python<'_>) {
         self.closed.store(true, Relaxed);
         let released = self.state.lock().take_all();
-        drop(released);
+        release(py, released);
         let io = self.io.lock().take();
         if let Some(mut io) = io {
             io.backend.close();
@@ -728,19 +764,35 @@ impl Engine {
             return Ok(());
         };
         for entry in &st.ready {
-            entry.traverse(&visit)?;
+            match entry {
+                Ready::Callback(h) => handle::visit(h, &visit)?,
+                Ready::Io(..) => entry.traverse(&visit)?,
+            }
         }
         for watcher in st.watchers.watchers() {
             watcher.traverse(&visit)?;
         }
-        for h in st.timers.iter().chain(st.free.iter()) {
+        for h in st.timers.iter() {
+            handle::visit(h, &visit)?;
+        }
+        for h in st.free.iter().chain(&st.last) {
             visit.call(h)?;
         }
         Ok(())
     }
 
     fn __clear__(&self) {
-        let released = self.state.try_lock().map(|mut st| st.take_all());
-        drop(released);
+        if let Some(released) = self.state.try_lock().map(|mut st| st.take_all()) {
+            Python::attach(|py| release(py, released));
+        }
+    }
+}
+
+/// Lets go of what the queues held (see [`handle::retrack`]).
+fn release(py: Python<'_>, released: Vec<Ready>) {
+    for entry in released {
+        if let Ready::Callback(h) = entry {
+            handle::retrack(h.bind(py));
+        }
     }
 }
