@@ -27,12 +27,16 @@ use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// asyncio's `MAXIMUM_SELECT_TIMEOUT`: the longest single wait, in seconds.
 const MAXIMUM_SELECT_TIMEOUT: f64 = 24.0 * 3600.0;
 /// Below this many timers, cancelled ones are only dropped from the heap's head.
 const MIN_SCHEDULED_TIMER_HANDLES: usize = 100;
+/// While callbacks keep the ready queue full, how often `run_forever` polls
+/// for I/O: a poll that cannot block finds nothing new most of the time, and
+/// its system call cost as much as the callbacks of a `sleep(0)` iteration.
+const BUSY_POLL_INTERVAL: Duration = Duration::from_micros(50);
 
 /// What the iteration works on, behind one lock.
 #[derive(Default)]
@@ -89,6 +93,8 @@ impl State {
 struct Io {
     backend: Box<dyn Backend>,
     events: Vec<Event>,
+    /// When the backend was last asked for events.
+    polled: Instant,
 }
 
 /// The native core of every oxloop event loop.
@@ -351,7 +357,10 @@ impl Engine {
     }
 
     /// Waits for I/O; returns the reports (the buffer goes back via `give_back`).
-    fn wait(&self, py: Python<'_>, timeout: Option<Duration>) -> PyResult<Vec<Event>> {
+    ///
+    /// With `busy`, a poll that could not block is skipped when the last one
+    /// is less than [`BUSY_POLL_INTERVAL`] old.
+    fn wait(&self, py: Python<'_>, timeout: Option<Duration>, busy: bool) -> PyResult<Vec<Event>> {
         self.check_fork()?;
         let wait = || {
             let mut guard = self.io.lock();
@@ -360,6 +369,11 @@ impl Engine {
                 .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))?;
             let mut events = std::mem::take(&mut io.events);
             events.clear();
+            let now = Instant::now();
+            if busy && timeout == Some(Duration::ZERO) && now - io.polled < BUSY_POLL_INTERVAL {
+                return Ok(events);
+            }
+            io.polled = now;
             let r = io.backend.wait(timeout, &mut events);
             r.map(|()| events)
         };
@@ -420,6 +434,64 @@ impl Engine {
         stale
     }
 
+    /// One iteration (see [`Self::wait`] for `busy`).
+    fn run_once(slf: &Bound<'_, Self>, busy: bool) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let timeout = {
+            let mut st = this.state.lock();
+            st.settle_last(py);
+            let dropped = Self::prune_timers(&mut st, py);
+            let timeout = this.next_timeout(&st);
+            drop(st);
+            for t in dropped {
+                handle::retrack(t.bind(py));
+            }
+            timeout
+        };
+        let events = this.wait(py, timeout, busy)?;
+        let stale = this.collect_ready(py, &events);
+        this.give_back(events);
+        for (fd, side) in stale {
+            let fd = fd.into_pyobject(py)?.into_any();
+            Self::remove_watch(slf, side, &fd)?;
+        }
+        let ntodo = this.state.lock().ready.len();
+        // A handle that ran and can be reused goes to the free list when the
+        // next one is popped: one lock for both.
+        let mut spent = None;
+        for _ in 0..ntodo {
+            let (next, room, full) = {
+                let mut st = this.state.lock();
+                let full = spent.take().and_then(|s| st.free.give(s));
+                let room = [st.free.has_room(false), st.free.has_room(true)];
+                (st.ready.pop_front(), room, full)
+            };
+            drop(full);
+            let h = match next {
+                None => break,
+                Some(Ready::Io(target, side)) => {
+                    target.on_ready(py, side)?;
+                    continue;
+                }
+                Some(Ready::Callback(h)) => h.into_bound(py),
+            };
+            let ran = if handle::is_cancelled(&h) {
+                Ok(())
+            } else {
+                Self::run_handle(slf, &h)
+            };
+            match handle::reusable(&h).filter(|t| room[usize::from(*t)]) {
+                Some(timer) => spent = Some(handle::strip(h, timer)),
+                None => handle::retrack(&h),
+            }
+            ran?;
+        }
+        let full = spent.and_then(|s| this.state.lock().free.give(s));
+        drop(full);
+        Ok(())
+    }
+
     /// Runs one ready handle, reporting what it raises as asyncio's `Handle._run` does.
     fn run_handle(slf: &Bound<'_, Self>, h: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
@@ -468,6 +540,7 @@ impl Engine {
         let old = self.io.lock().replace(Io {
             backend,
             events: Vec::new(),
+            polled: Instant::now(),
         });
         if let Some(mut old) = old {
             old.backend.close();
@@ -628,69 +701,22 @@ impl Engine {
 
     /// One iteration: wait for I/O, collect due timers, run what is ready.
     fn _run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let timeout = {
-            let mut st = this.state.lock();
-            st.settle_last(py);
-            let dropped = Self::prune_timers(&mut st, py);
-            let timeout = this.next_timeout(&st);
-            drop(st);
-            for t in dropped {
-                handle::retrack(t.bind(py));
-            }
-            timeout
-        };
-        let events = this.wait(py, timeout)?;
-        let stale = this.collect_ready(py, &events);
-        this.give_back(events);
-        for (fd, side) in stale {
-            let fd = fd.into_pyobject(py)?.into_any();
-            Self::remove_watch(slf, side, &fd)?;
-        }
-        let ntodo = this.state.lock().ready.len();
-        // A handle that ran and can be reused goes to the free list when the
-        // next one is popped: one lock for both.
-        let mut spent = None;
-        for _ in 0..ntodo {
-            let (next, room, full) = {
-                let mut st = this.state.lock();
-                let full = spent.take().and_then(|s| st.free.give(s));
-                let room = [st.free.has_room(false), st.free.has_room(true)];
-                (st.ready.pop_front(), room, full)
-            };
-            drop(full);
-            let h = match next {
-                None => break,
-                Some(Ready::Io(target, side)) => {
-                    target.on_ready(py, side)?;
-                    continue;
-                }
-                Some(Ready::Callback(h)) => h.into_bound(py),
-            };
-            let ran = if handle::is_cancelled(&h) {
-                Ok(())
-            } else {
-                Self::run_handle(slf, &h)
-            };
-            match handle::reusable(&h).filter(|t| room[usize::from(*t)]) {
-                Some(timer) => spent = Some(handle::strip(h, timer)),
-                None => handle::retrack(&h),
-            }
-            ran?;
-        }
-        let full = spent.and_then(|s| this.state.lock().free.give(s));
-        drop(full);
-        Ok(())
+        Self::run_once(slf, false)
     }
 
     /// Iterates until `stop()` is called (the core of `run_forever`).
+    ///
+    /// The first iteration and the last (once `stop()` was called) always
+    /// poll for I/O; those in between skip polls that could not block while
+    /// the last one is recent ([`BUSY_POLL_INTERVAL`]).
     fn _run_until_stopped(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let mut busy = false;
         loop {
-            Self::_run_once(slf)?;
+            Self::run_once(slf, busy && !slf.get().stopping.load(Relaxed))?;
             if slf.get().stopping.load(Relaxed) {
                 return Ok(());
             }
+            busy = true;
         }
     }
 
