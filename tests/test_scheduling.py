@@ -422,3 +422,25 @@ def test_a_dropped_loop_with_pending_callbacks_is_collected(loop_factory, kept_l
         warnings.simplefilter("ignore", ResourceWarning)
         del loop, node
         assert _collected(ref)
+
+
+def test_handles_held_by_another_thread_while_they_run(loop):
+    n = 2000
+    done = []
+
+    def tick():
+        done.append(1)
+        if len(done) == n:
+            loop.stop()
+
+    def producer():
+        for _ in range(n):
+            handle = loop.call_soon_threadsafe(tick)
+            time.sleep(0.0001)  # the loop runs it and iterates again meanwhile
+            del handle
+
+    thread = threading.Thread(target=producer)
+    loop.call_soon(thread.start)
+    loop.run_forever()
+    thread.join()
+    assert len(done) == n

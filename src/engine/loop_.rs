@@ -46,8 +46,9 @@ struct State {
     cancelled_timers: usize,
     watchers: Watchers,
     free: FreeList,
-    /// The handle scheduled last, until the next `schedule` or iteration
-    /// checks whether its caller kept it ([`State::settle_last`]).
+    /// The handle scheduled last, while it is queued, until the next
+    /// `schedule` or iteration checks whether its caller kept it
+    /// ([`State::settle_last`]).
     last: Option<Py<PyAny>>,
 }
 
@@ -465,7 +466,15 @@ impl Engine {
                 let mut st = this.state.lock();
                 let full = spent.take().and_then(|s| st.free.give(s));
                 let room = [st.free.has_room(false), st.free.has_room(true)];
-                (st.ready.pop_front(), room, full)
+                let next = st.ready.pop_front();
+                if let Some(Ready::Callback(h)) = &next {
+                    // Another thread scheduled it during this iteration:
+                    // `last` may only name a queued handle.
+                    if st.last.as_ref().is_some_and(|l| l.is(h)) {
+                        st.last = None;
+                    }
+                }
+                (next, room, full)
             };
             drop(full);
             let h = match next {
