@@ -9,6 +9,7 @@ use crate::engine::loop_::Engine;
 use crate::engine::watchers::{IoTarget, Side, Watcher};
 use crate::net::os_error;
 use pyo3::gc::PyVisit;
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::PyTraverseError;
 use std::io;
@@ -33,7 +34,7 @@ impl IoTarget for ChildExit {
             Ok(None) => return Ok(()),
             Ok(Some(code)) => code,
             Err(_) => {
-                let logger = py.import("asyncio.log")?.getattr("logger")?;
+                let logger = py.import("asyncio.log")?.getattr(intern!(py, "logger"))?;
                 logger.call_method1(
                     "warning",
                     (
@@ -50,7 +51,10 @@ impl IoTarget for ChildExit {
                 .set_watcher(self.pidfd.as_raw_fd(), Side::Read, None)?,
         );
         engine
-            .call_method1("call_soon", (self.callback.bind(py), returncode))
+            .call_method1(
+                intern!(py, "call_soon"),
+                (self.callback.bind(py), returncode),
+            )
             .map(drop)
     }
 

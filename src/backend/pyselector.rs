@@ -3,6 +3,7 @@
 
 use super::waker::Waker;
 use super::{Backend, Event, Interest};
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 use std::io;
@@ -48,11 +49,13 @@ impl Backend for PySelector {
         Python::attach(|py| {
             let sel = selector.bind(py);
             if new.is_empty() {
-                sel.call_method1("unregister", (fd,)).map(drop)
+                sel.call_method1(intern!(py, "unregister"), (fd,)).map(drop)
             } else if old.is_empty() {
-                sel.call_method1("register", (fd, mask(new))).map(drop)
+                sel.call_method1(intern!(py, "register"), (fd, mask(new)))
+                    .map(drop)
             } else {
-                sel.call_method1("modify", (fd, mask(new))).map(drop)
+                sel.call_method1(intern!(py, "modify"), (fd, mask(new)))
+                    .map(drop)
             }
         })
         .map_err(io::Error::from)
@@ -66,7 +69,7 @@ impl Backend for PySelector {
             for item in ready.bind(py).try_iter()? {
                 let item = item?;
                 let pair = item.cast::<PyTuple>()?;
-                let fd: RawFd = pair.get_item(0)?.getattr("fd")?.extract()?;
+                let fd: RawFd = pair.get_item(0)?.getattr(intern!(py, "fd"))?.extract()?;
                 let bits: u8 = pair.get_item(1)?.extract()?;
                 if fd == wfd {
                     self.waker.drain();

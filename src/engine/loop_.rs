@@ -19,6 +19,7 @@ use parking_lot::Mutex;
 use pyo3::exceptions::{PyKeyError, PyRuntimeError, PyTypeError};
 use pyo3::ffi;
 use pyo3::gc::PyVisit;
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 use pyo3::PyTraverseError;
@@ -150,7 +151,7 @@ impl Engine {
                 ));
             }
         }
-        slf.call_method1("_check_callback", (callback, method))
+        slf.call_method1(intern!(slf.py(), "_check_callback"), (callback, method))
             .map(drop)
     }
 
@@ -271,7 +272,9 @@ impl Engine {
         let h = handle::new(slf.as_any(), callback, args, None, None, debug, None)?;
         let previous = this.set_watcher(fd, side, Some(Watcher::Handle(h.clone().unbind())))?;
         if let Some(Watcher::Handle(previous)) = previous {
-            previous.bind(slf.py()).call_method0("cancel")?;
+            previous
+                .bind(slf.py())
+                .call_method0(intern!(slf.py(), "cancel"))?;
         }
         Ok(h)
     }
@@ -283,7 +286,10 @@ impl Engine {
             return Ok(false);
         }
         match this.set_watcher(fileobj_to_fd(fd)?, side, None)? {
-            Some(Watcher::Handle(h)) => h.bind(slf.py()).call_method0("cancel").map(|_| true),
+            Some(Watcher::Handle(h)) => h
+                .bind(slf.py())
+                .call_method0(intern!(slf.py(), "cancel"))
+                .map(|_| true),
             Some(Watcher::Native(_)) => Ok(true),
             None => Ok(false),
         }
@@ -505,13 +511,15 @@ impl Engine {
     fn run_handle(slf: &Bound<'_, Self>, h: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         if slf.get().debug.load(Relaxed) {
-            return slf.call_method1("_run_handle_debug", (h,)).map(drop);
+            return slf
+                .call_method1(intern!(py, "_run_handle_debug"), (h,))
+                .map(drop);
         }
         match handle::run(h) {
             Ok(()) => Ok(()),
             Err(e) if handle::escapes(py, &e) => Err(e),
             Err(e) => slf
-                .call_method1("_callback_failed", (h, e.value(py)))
+                .call_method1(intern!(py, "_callback_failed"), (h, e.value(py)))
                 .map(drop),
         }
     }

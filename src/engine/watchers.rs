@@ -5,6 +5,7 @@ use super::ready::Ready;
 use crate::backend::Interest;
 use pyo3::exceptions::{PyAttributeError, PyTypeError, PyValueError};
 use pyo3::gc::PyVisit;
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::PyInt;
 use pyo3::PyTraverseError;
@@ -151,7 +152,7 @@ pub fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
     let fd: i64 = if obj.is_instance_of::<PyInt>() {
         obj.extract()?
     } else {
-        obj.call_method0("fileno")
+        obj.call_method0(intern!(py, "fileno"))
             .and_then(|n| py.get_type::<PyInt>().call1((n,)))
             .and_then(|n| n.extract())
             .map_err(|e| {

@@ -17,7 +17,10 @@ use parking_lot::Mutex;
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyStopIteration, PyTypeError, PyValueError};
 use pyo3::gc::PyVisit;
+use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyType};
 use pyo3::PyTraverseError;
 use std::io;
 use std::os::fd::RawFd;
@@ -140,37 +143,42 @@ impl SockOp {
         let py = slf.py();
         let this = slf.get();
         let sock = this.sock.bind(py);
-        let ssl_socket = py.import("ssl")?.getattr("SSLSocket")?;
-        if sock.is_instance(&ssl_socket)? {
+        static SSL_SOCKET: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+        if sock.is_instance(SSL_SOCKET.import(py, "ssl", "SSLSocket")?)? {
             return Err(PyTypeError::new_err("Socket cannot be of type SSLSocket"));
         }
         let engine = this.engine(py)?;
-        if engine.get().get_debug() && !sock.call_method0("gettimeout")?.eq(0)? {
+        if engine.get().get_debug() && !sock.call_method0(intern!(py, "gettimeout"))?.eq(0)? {
             return Err(PyValueError::new_err("the socket must be non-blocking"));
         }
-        let fd: RawFd = sock.call_method0("fileno")?.extract()?;
+        let fd: RawFd = sock.call_method0(intern!(py, "fileno"))?.extract()?;
         if let Attempt::Finished(value) = this.attempt(py, fd)? {
             *this.stage.lock() = Stage::Done;
             return Err(PyStopIteration::new_err((value.unbind(),)));
         }
         let loop_ = this.loop_.bind(py);
-        loop_.call_method1("_ensure_fd_no_transport", (fd,))?;
-        let fut = loop_.call_method0("create_future")?;
+        if may_have_transport(loop_, fd)? {
+            loop_.call_method1(intern!(py, "_ensure_fd_no_transport"), (fd,))?;
+        }
+        let fut = loop_.call_method0(intern!(py, "create_future"))?;
         let target: Arc<dyn IoTarget> = Arc::new(OpRef(slf.clone().unbind()));
         let weak = Arc::downgrade(&target);
         let previous = engine
             .get()
             .set_watcher(fd, this.side(), Some(Watcher::Native(target)))?;
         if let Some(Watcher::Handle(h)) = previous {
-            h.bind(py).call_method0("cancel")?;
+            h.bind(py).call_method0(intern!(py, "cancel"))?;
         }
         *this.stage.lock() = Stage::Waiting {
             fut: fut.clone().unbind(),
             fd,
             target: weak,
         };
-        fut.call_method1("add_done_callback", (slf.getattr("_wait_done")?,))?;
-        fut.setattr("_asyncio_future_blocking", true)?;
+        fut.call_method1(
+            intern!(py, "add_done_callback"),
+            (slf.getattr(intern!(py, "_wait_done"))?,),
+        )?;
+        fut.setattr(intern!(py, "_asyncio_future_blocking"), true)?;
         Ok(fut)
     }
 
@@ -183,19 +191,21 @@ impl SockOp {
             _ => return Ok(()),
         };
         let fut = fut.bind(py);
-        if fut.call_method0("done")?.is_truthy()? {
+        if fut.call_method0(intern!(py, "done"))?.is_truthy()? {
             return Self::unwatch(slf);
         }
         match this.attempt(py, fd) {
             Ok(Attempt::WouldBlock) => Ok(()),
             Ok(Attempt::Finished(value)) => {
                 Self::unwatch(slf)?;
-                fut.call_method1("set_result", (value,)).map(drop)
+                fut.call_method1(intern!(py, "set_result"), (value,))
+                    .map(drop)
             }
             Err(e) if handle::escapes(py, &e) => Err(e),
             Err(e) => {
                 Self::unwatch(slf)?;
-                fut.call_method1("set_exception", (e.value(py),)).map(drop)
+                fut.call_method1(intern!(py, "set_exception"), (e.value(py),))
+                    .map(drop)
             }
         }
     }
@@ -222,7 +232,7 @@ impl SockOp {
         let stage = std::mem::replace(&mut *slf.get().stage.lock(), Stage::Done);
         match stage {
             Stage::Waiting { fut, .. } => {
-                let value = fut.bind(py).call_method0("result")?;
+                let value = fut.bind(py).call_method0(intern!(py, "result"))?;
                 Err(PyStopIteration::new_err((value.unbind(),)))
             }
             _ => Err(PyStopIteration::new_err(())),
@@ -278,7 +288,14 @@ impl SockOp {
                 }
                 started.map(Bound::unbind)
             }
-            Some(fut) if !fut.bind(py).call_method0("done")?.is_truthy()? => Ok(fut),
+            Some(fut)
+                if !fut
+                    .bind(py)
+                    .call_method0(intern!(py, "done"))?
+                    .is_truthy()? =>
+            {
+                Ok(fut)
+            }
             Some(_) => Self::finish(slf),
         }
     }
@@ -306,7 +323,7 @@ impl SockOp {
         let py = slf.py();
         let stage = std::mem::replace(&mut *slf.get().stage.lock(), Stage::Done);
         if let Stage::Waiting { fut, .. } = stage {
-            fut.bind(py).call_method0("cancel")?;
+            fut.bind(py).call_method0(intern!(py, "cancel"))?;
         }
         Ok(())
     }
@@ -341,5 +358,20 @@ impl SockOp {
             stage: Mutex::new(Stage::New),
             sent: AtomicUsize::new(0),
         }
+    }
+}
+
+/// Whether a transport may own `fd`, so that asyncio's
+/// `_ensure_fd_no_transport` must look: false when the loop's transport table
+/// (a `WeakValueDictionary`) has no entry for it, checked on its plain dict
+/// without raising and catching a KeyError.
+fn may_have_transport(loop_: &Bound<'_, PyAny>, fd: RawFd) -> PyResult<bool> {
+    let py = loop_.py();
+    let data = loop_
+        .getattr(intern!(py, "_transports"))?
+        .getattr(intern!(py, "data"))?;
+    match data.cast::<PyDict>() {
+        Ok(entries) => entries.contains(fd),
+        Err(_) => Ok(true),
     }
 }

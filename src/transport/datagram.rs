@@ -72,15 +72,15 @@ impl DatagramCore {
         &self,
         py: Python<'py>,
     ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>, Bound<'py, PyAny>)> {
-        let current = self.transport.bind(py).getattr("_protocol")?;
+        let current = self.transport.bind(py).getattr(intern!(py, "_protocol"))?;
         let mut st = self.state.lock();
         let cached = st.protocol.as_ref().filter(|p| p.object.is(&current));
         let p = match cached {
             Some(p) => p,
             None => {
                 let resolved = Protocol {
-                    datagram_received: current.getattr("datagram_received")?.unbind(),
-                    error_received: current.getattr("error_received")?.unbind(),
+                    datagram_received: current.getattr(intern!(py, "datagram_received"))?.unbind(),
+                    error_received: current.getattr(intern!(py, "error_received"))?.unbind(),
                     object: current.clone().unbind(),
                 };
                 let old = st.protocol.replace(resolved);

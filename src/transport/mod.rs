@@ -6,6 +6,7 @@ pub mod datagram;
 pub mod stream;
 
 use crate::engine::handle;
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
@@ -33,6 +34,6 @@ fn report_protocol_error(
     context.set_item("transport", transport)?;
     context.set_item("protocol", protocol)?;
     loop_
-        .call_method1("call_exception_handler", (context,))
+        .call_method1(intern!(py, "call_exception_handler"), (context,))
         .map(drop)
 }

@@ -21,8 +21,10 @@ use parking_lot::Mutex;
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::gc::PyVisit;
+use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyType};
 use pyo3::PyTraverseError;
 use std::io;
 use std::os::fd::RawFd;
@@ -45,15 +47,17 @@ enum Reader {
 impl Reader {
     fn for_protocol(protocol: &Bound<'_, PyAny>) -> PyResult<Self> {
         let py = protocol.py();
-        let buffered = py.import("asyncio")?.getattr("BufferedProtocol")?;
-        Ok(if protocol.is_instance(&buffered)? {
-            Reader::Buffered(
-                protocol.getattr("get_buffer")?.unbind(),
-                protocol.getattr("buffer_updated")?.unbind(),
-            )
-        } else {
-            Reader::Plain(protocol.getattr("data_received")?.unbind())
-        })
+        static BUFFERED: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+        Ok(
+            if protocol.is_instance(BUFFERED.import(py, "asyncio", "BufferedProtocol")?)? {
+                Reader::Buffered(
+                    protocol.getattr(intern!(py, "get_buffer"))?.unbind(),
+                    protocol.getattr(intern!(py, "buffer_updated"))?.unbind(),
+                )
+            } else {
+                Reader::Plain(protocol.getattr(intern!(py, "data_received"))?.unbind())
+            },
+        )
     }
 
     fn clone_ref(&self, py: Python<'_>) -> Self {
@@ -142,7 +146,7 @@ impl StreamCore {
         }
         let transport = slf.get().transport.bind(py);
         transport
-            .call_method1("_fatal_error", (err.value(py), message))
+            .call_method1(intern!(py, "_fatal_error"), (err.value(py), message))
             .map(drop)
     }
 
@@ -153,10 +157,13 @@ impl StreamCore {
     ) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let callback = this.transport.bind(py).getattr("_call_connection_lost")?;
+        let callback = this
+            .transport
+            .bind(py)
+            .getattr(intern!(py, "_call_connection_lost"))?;
         this.engine
             .bind(py)
-            .call_method1("call_soon", (callback, exc))
+            .call_method1(intern!(py, "call_soon"), (callback, exc))
             .map(drop)
     }
 
@@ -297,13 +304,13 @@ impl StreamCore {
                 let exc = err.value(py).clone();
                 Self::fatal_error(slf, err, fatal_message(this.kind, true))?;
                 if sendfile {
-                    transport.call_method1("_wake_empty_waiter", (exc,))?;
+                    transport.call_method1(intern!(py, "_wake_empty_waiter"), (exc,))?;
                 }
                 return Ok(());
             }
             Ok((_, sent)) => drop(sent),
         }
-        transport.call_method0("_maybe_resume_protocol")?; // may write more
+        transport.call_method0(intern!(py, "_maybe_resume_protocol"))?; // may write more
         let (empty, closing, eof, sendfile) = {
             let st = this.state.lock();
             (st.buffer.is_empty(), st.closing, st.eof, st.sendfile)
@@ -311,10 +318,10 @@ impl StreamCore {
         if empty {
             Self::watch(slf, Side::Write, false)?;
             if sendfile {
-                transport.call_method1("_wake_empty_waiter", (py.None(),))?;
+                transport.call_method1(intern!(py, "_wake_empty_waiter"), (py.None(),))?;
             }
             if closing {
-                transport.call_method1("_call_connection_lost", (py.None(),))?;
+                transport.call_method1(intern!(py, "_call_connection_lost"), (py.None(),))?;
             } else if eof {
                 shutdown_write(this.fd)?;
             }
@@ -529,8 +536,8 @@ impl StreamCore {
                             "pipe closed by peer or os.write(pipe, data) raised exception."
                         }
                     };
-                    let logger = py.import("asyncio.log")?.getattr("logger")?;
-                    logger.call_method1("warning", (message,))?;
+                    let logger = py.import("asyncio.log")?.getattr(intern!(py, "logger"))?;
+                    logger.call_method1(intern!(py, "warning"), (message,))?;
                 }
                 return Ok(false);
             }
