@@ -26,9 +26,14 @@ def available_loops() -> list[str]:
 
 
 def start_server(script: Path, *args: str) -> tuple[subprocess.Popen, int]:
-    """Starts a benchmark server pinned to SERVER_CPU; returns it and its port."""
+    """Starts a Python benchmark server pinned to SERVER_CPU; returns it and its port."""
+    return start_command(sys.executable, str(script), *args)
+
+
+def start_command(*cmd: str) -> tuple[subprocess.Popen, int]:
+    """Starts a server that takes the CPU to pin itself to last and prints its port."""
     proc = subprocess.Popen(
-        [sys.executable, str(script), *args, str(SERVER_CPU)],
+        [*cmd, str(SERVER_CPU)],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,  # rivals log every reset connection; failures show as NaN
         text=True,

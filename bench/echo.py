@@ -26,11 +26,16 @@ from common import (
     guarded,
     peak_rss_mib,
     pinned,
+    start_command,
     start_server,
 )
 
 HERE = Path(__file__).resolve().parent
 LOADGEN = HERE / "loadgen" / "target" / "release" / "oxloop-loadgen"
+#: The Rust epoll echo server (bench/loadgen/src/bin): the floor of CPU per request.
+REFERENCE = HERE / "loadgen" / "target" / "release" / "oxloop-reference-server"
+#: The kinds the reference server stands beside (it has no Python API).
+REFERENCE_KINDS = ("protocol", "buffered")
 
 
 def build_loadgen() -> None:
@@ -40,6 +45,7 @@ def build_loadgen() -> None:
             "build",
             "--release",
             "-q",
+            "--bins",
             "--manifest-path",
             str(HERE / "loadgen" / "Cargo.toml"),
         ],
@@ -48,7 +54,10 @@ def build_loadgen() -> None:
 
 
 def run_cell(loop: str, kind: str, size: int, conns: int, seconds: float) -> dict:
-    server, port = start_server(HERE / "echo_server.py", loop, kind)
+    if loop == "reference":
+        server, port = start_command(str(REFERENCE))
+    else:
+        server, port = start_server(HERE / "echo_server.py", loop, kind)
     try:
         load = pinned(str(LOADGEN), str(port), str(conns), str(size))
         subprocess.run([*load, "0.5"], capture_output=True, check=True)  # warm-up
@@ -83,11 +92,13 @@ def table(loops: list[str], kinds, sizes, conns, seconds: float) -> list[dict]:
         f"Python {sys.version.split()[0]}; TCP echo, server CPU µs/request (ratio to {base}), "
         "requests/s, p50/p99 µs"
     )
-    print(f"{'kind':<9}{'size':>7}{'conns':>6}  " + "".join(f"{name:>36}" for name in loops))
+    header = [*loops, "reference"]
+    print(f"{'kind':<9}{'size':>7}{'conns':>6}  " + "".join(f"{name:>36}" for name in header))
     for kind in kinds:
         for size in sizes:
             for n in conns:
-                row = {name: guarded(run_cell, name, kind, size, n, seconds) for name in loops}
+                names = [*loops, "reference"] if kind in REFERENCE_KINDS else loops
+                row = {name: guarded(run_cell, name, kind, size, n, seconds) for name in names}
                 cells.append({"kind": kind, "size": size, "conns": n, **row})
                 text = "".join(
                     f"{r['cpu_us']:>8.1f} ({r['cpu_us'] / row[base]['cpu_us']:4.2f}x) "

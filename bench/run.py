@@ -71,14 +71,19 @@ def ratio_table(header: list[str], rows: list[tuple[str, dict]], loops, base, be
         "|" + "---|" * (len(header) + len(loops)),
     ]
     for label, row in rows:
-        measured = [row[name] for name in loops if not math.isnan(row[name])]
+        measured = [row[name] for name in loops if row.get(name) is not None]
+        measured = [value for value in measured if not math.isnan(value)]
         best = better(measured) if measured else None
         cells = []
         for name in loops:
-            value, ratio = row[name], row[name] / row[base]
+            value = row.get(name)
+            if value is None:
+                cells.append("—")
+                continue
             if math.isnan(value):
                 cells.append("failed")
                 continue
+            ratio = value / row[base]
             text = f"{value:,.1f}" if value < 1000 else f"{value:,.0f}"
             text += f" ({ratio:.2f}x)"
             cells.append(f"**{text}**" if value == best else text)
@@ -128,10 +133,11 @@ def chart(results: dict, loops: list[str], base: str, path: Path) -> None:
 def report(results: dict, loops: list[str], base: str, png: str) -> str:
     info = results["machine"]
     micro_rows = list(results["micro"].items())
+    echo_loops = [*loops, "reference"]
     echo_rows = [
         (
             f"{cell['kind']} | {size_label(cell['size'])} | {cell['conns']}",
-            {name: cell[name]["cpu_us"] for name in loops},
+            {name: cell[name]["cpu_us"] for name in echo_loops if name in cell},
         )
         for cell in results["echo"]
     ]
@@ -180,7 +186,10 @@ Raw figures: [benchmarks.json](benchmarks.json).
 {ratio_table(["benchmark"], micro_rows, loops, base, max)}
 
 ## TCP echo: server CPU µs per request (ratio to {base}), lower is better
-{ratio_table(["kind", "size", "conns"], echo_rows, loops, base, min)}
+{ratio_table(["kind", "size", "conns"], echo_rows, echo_loops, base, min)}
+
+"reference" is bench/loadgen's Rust epoll echo server (no Python): the floor for the
+Protocol and BufferedProtocol servers.
 
 ## TCP echo: requests/s (ratio to {base})
 {ratio_table(["kind", "size", "conns"], rps_rows, loops, base, max)}
