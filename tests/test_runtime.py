@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import gc
+import json
 import logging
 import os
 import subprocess
@@ -164,3 +165,29 @@ def test_command_line_runs_a_script(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["oxloop", "__main__", "['a',", "'--b']"]
+
+
+def test_command_line_bench_compares_loops(tmp_path):
+    medians = tmp_path / "medians.json"
+    out = subprocess.run(
+        [sys.executable, "-m", "oxloop", "bench", "--only", "call_soon,sleep(0)"]
+        + ["--loops", "oxloop,asyncio", "--repeat", "1", "--scale", "0.01", "--json", str(medians)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert "ratio to asyncio" in lines[0]
+    assert lines[1].split() == ["benchmark", "oxloop", "asyncio"]
+    assert [line.split()[0] for line in lines[2:]] == ["call_soon", "sleep(0)"]
+    figures = json.loads(medians.read_text())["medians"]
+    assert set(figures) == {"call_soon", "sleep(0)"}
+    assert all(value > 0 for row in figures.values() for value in row.values())
+    unknown = subprocess.run(
+        [sys.executable, "-m", "oxloop", "bench", "--only", "nope"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert unknown.returncode == 2 and "unknown benchmarks: nope" in unknown.stderr
