@@ -111,36 +111,24 @@ pub unsafe fn read_raw(fd: RawFd, ptr: *mut u8, len: usize) -> io::Result<usize>
     }
 }
 
-/// Reads up to `len` bytes straight into a new `bytes`, shrunk in place to
-/// what arrived (as `socket.recv` does); empty at EOF. For large reads.
+/// Reads up to `len` bytes straight into a new `bytes` (neither zeroed nor
+/// copied when the read fills it); empty at EOF. For large reads.
 pub fn read_new_bytes(py: Python<'_>, fd: RawFd, len: usize) -> io::Result<Bound<'_, PyBytes>> {
     // SAFETY: a new bytes object of `len` bytes that nothing else sees yet;
-    // read fills its first `got` bytes and the object is shrunk to those
-    // before anyone can read it. _PyBytes_Resize takes the only reference
-    // and, on failure, releases it and sets an exception.
-    unsafe {
-        let mut raw = ffi::PyBytes_FromStringAndSize(std::ptr::null(), len as ffi::Py_ssize_t);
-        if raw.is_null() {
-            return Err(io::Error::other(PyErr::fetch(py)));
-        }
-        let got = match read_raw(fd, ffi::PyBytes_AsString(raw).cast(), len) {
-            Ok(got) => got,
-            Err(e) => {
-                ffi::Py_DECREF(raw);
-                return Err(e);
-            }
-        };
-        if got < len && _PyBytes_Resize(&mut raw, got as ffi::Py_ssize_t) < 0 {
-            return Err(io::Error::other(PyErr::fetch(py)));
-        }
-        Ok(Bound::from_owned_ptr(py, raw).cast_into_unchecked::<PyBytes>())
-    }
-}
-
-extern "C" {
-    /// CPython's in-place resize of a `bytes` nothing else refers to yet (what
-    /// `socket.recv` uses); not in pyo3-ffi's public bindings.
-    fn _PyBytes_Resize(bytes: *mut *mut ffi::PyObject, newsize: ffi::Py_ssize_t) -> libc::c_int;
+    // read fills its first `got` bytes, and only those are ever read (a
+    // shorter read is copied out below).
+    let (data, read) = unsafe {
+        let raw = ffi::PyBytes_FromStringAndSize(std::ptr::null(), len as ffi::Py_ssize_t);
+        let data = Bound::from_owned_ptr_or_err(py, raw).map_err(io::Error::other)?;
+        let read = read_raw(fd, ffi::PyBytes_AsString(raw).cast(), len);
+        (data.cast_into_unchecked::<PyBytes>(), read)
+    };
+    let got = read?;
+    Ok(if got == len {
+        data
+    } else {
+        PyBytes::new(py, &data.as_bytes()[..got])
+    })
 }
 
 /// Reads up to `len` (at most [`MAX_READ`]) bytes through the thread's

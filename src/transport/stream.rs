@@ -193,14 +193,17 @@ impl StreamCore {
         }
     }
 
-    /// Reads one `bytes`: during a bulk transfer (the last read was large)
-    /// straight into a new one of [`MAX_READ`] bytes shrunk to what arrived,
-    /// as asyncio's `recv(max_size)` does, otherwise through the shared
-    /// buffer. `None` at EOF.
+    /// Reads one `bytes`: during a bulk transfer straight into it, otherwise
+    /// through the shared buffer. `None` at EOF.
     fn read_bytes<'py>(&self, py: Python<'py>) -> io::Result<Option<Bound<'py, PyBytes>>> {
         let fd = self.fd;
-        let data = if self.last_read.load(Relaxed) >= BULK_READ {
-            read_new_bytes(py, fd, MAX_READ)?
+        let pending = if self.last_read.load(Relaxed) >= BULK_READ {
+            readable_bytes(fd)?
+        } else {
+            0
+        };
+        let data = if pending >= BULK_READ {
+            read_new_bytes(py, fd, pending.min(MAX_READ))?
         } else {
             read_copied(py, fd, MAX_READ)?
         };
@@ -364,6 +367,16 @@ impl StreamCore {
         }
         Ok(())
     }
+}
+
+/// How many bytes wait in the socket's receive queue (`FIONREAD`).
+fn readable_bytes(fd: RawFd) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through the pointer, which is live.
+    if unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n.max(0) as usize)
 }
 
 fn shutdown_write(fd: RawFd) -> PyResult<()> {
