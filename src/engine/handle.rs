@@ -5,13 +5,13 @@
 //! asyncio. Outside debug mode they are built and read through their
 //! `__slots__` directly: no `__init__`, no attribute lookups on the hot path.
 //!
-//! Queued handles are kept out of the garbage collector's lists ([`untrack`]):
-//! a busy loop holds thousands, each with its context copy, and the collector
-//! walking them on every young collection cost more than making them. They
-//! are reachable from the loop anyway. The loop's traverse visits what a
-//! handle only it holds refers to ([`visit`]), so a cycle through a dropped
-//! loop is still collected, and a handle that leaves the loop while something
-//! else holds it is tracked again ([`retrack`]).
+//! Queued handles only the loop holds are kept out of the garbage collector's
+//! lists ([`untrack_if_owned`]): a busy loop holds thousands, each with its
+//! context copy, and the collector walking them on every young collection
+//! cost more than making them. They are reachable from the loop anyway. The
+//! loop's traverse visits what such a handle refers to ([`visit`]), so a cycle
+//! through a dropped loop is still collected, and a handle that leaves the
+//! loop is tracked again ([`retrack`], [`strip`]).
 
 use pyo3::exceptions::{PyImportError, PyKeyboardInterrupt, PySystemExit};
 use pyo3::ffi;
@@ -183,11 +183,13 @@ pub fn strip(h: Bound<'_, PyAny>, timer: bool) -> Spent {
     let p = h.as_ptr();
     let none = py.None();
     if let Some(l) = LAYOUT.get(py) {
-        // SAFETY: `h` is exactly a Handle/TimerHandle (see `reusable`); slots
-        // take any object. The previous values are released when `released`
-        // drops, after the handle no longer refers to them.
-        // SAFETY: as below; the context slot holds an object or NULL.
+        // SAFETY: `h` is exactly a Handle/TimerHandle (see `reusable`), whose
+        // context slot holds an object or NULL; the context must be tracked
+        // before it is released below.
         unsafe { track_again(*slot(p, l.context)) };
+        // SAFETY: as above; slots take any object. The previous values are
+        // released when `released` drops, after the handle no longer refers
+        // to them.
         let released =
             [l.callback, l.args, l.context, l.source_traceback, l.repr].map(|off| unsafe {
                 ffi::Py_INCREF(none.as_ptr());
@@ -313,7 +315,7 @@ unsafe fn weakly_referenced(p: *mut ffi::PyObject, tp: *mut ffi::PyTypeObject) -
     }
 }
 
-/// Puts what [`untrack`] took out of the garbage collector's lists back in
+/// Puts what [`untrack_if_owned`] took out of the garbage collector's lists back in
 /// when the loop lets go of the handle: its context always (it must be
 /// tracked when it dies), the handle itself if something else still holds it.
 pub fn retrack(h: &Bound<'_, PyAny>) {

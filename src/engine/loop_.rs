@@ -66,7 +66,7 @@ impl Drop for State {
 impl State {
     /// Once the caller of `call_soon`/`call_later` is done with the handle
     /// it got, a handle only the loop holds leaves the garbage collector's
-    /// lists ([`handle::untrack`]); one the caller kept stays tracked.
+    /// lists ([`handle::untrack_if_owned`]); one the caller kept stays tracked.
     /// Checked when the next handle is scheduled or the loop iterates.
     fn settle_last(&mut self, py: Python<'_>) {
         if let Some(h) = self.last.take() {
