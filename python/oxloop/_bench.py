@@ -314,13 +314,17 @@ def run_one(loop_name: str, bench: str, scale: float) -> float:
 
 
 def sample(loop_name: str, bench: str, scale: float) -> float:
-    """ops/s of one benchmark on one loop, in a fresh process; NaN if it failed."""
-    out = subprocess.run(
-        [sys.executable, "-m", "oxloop._bench", "--child", loop_name, bench, str(scale)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    """ops/s of one benchmark on one loop, in a fresh process; NaN if it failed
+    or hung (some rival loops do on some benchmarks)."""
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "oxloop._bench", "--child", loop_name, bench, str(scale)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    except subprocess.TimeoutExpired:
+        return math.nan
     return float(out.stdout) if out.returncode == 0 else math.nan
 
 
@@ -330,11 +334,11 @@ def median(samples) -> float:
     return math.nan if any(map(math.isnan, samples)) else statistics.median(samples)
 
 
-def cell(value: float, base: float, width: int = 12, spec: str = ",.0f") -> str:
+def cell(value: float, base: float) -> str:
     """`value (ratio)` for a table; a failed run shows as "failed"."""
     if math.isnan(value):
-        return f"{'failed':>{width + 8}}"
-    return f"{value:>{width}{spec}} ({value / base:4.2f}x)"
+        return f"{'failed':>20}"
+    return f"{value:>12,.0f} ({value / base:4.2f}x)"
 
 
 def run(loops: list[str], benches: list[str], repeat: int, scale: float) -> dict:
