@@ -38,6 +38,19 @@ struct Layout {
 
 static LAYOUT: PyOnceLock<Layout> = PyOnceLock::new();
 
+impl Layout {
+    /// Whether `p` is exactly asyncio's Handle or TimerHandle (so the slot
+    /// offsets are valid for it).
+    ///
+    /// # Safety
+    /// `p` must be a live object.
+    unsafe fn is_exact(&self, p: *mut ffi::PyObject) -> bool {
+        // SAFETY: guaranteed by the caller.
+        let tp = unsafe { ffi::Py_TYPE(p) };
+        tp == self.handle.as_ptr().cast() || tp == self.timer.as_ptr().cast()
+    }
+}
+
 fn offset(cls: &Bound<'_, PyType>, name: &str) -> PyResult<isize> {
     let descr = cls.getattr(name)?;
     if descr.get_type().name()? != "member_descriptor" {
@@ -282,11 +295,10 @@ pub fn untrack_if_owned(h: &Bound<'_, PyAny>, owners: isize) {
     // check makes the slot offsets valid; untracking a tracked GC object is
     // always allowed.
     unsafe {
-        let tp = ffi::Py_TYPE(p);
         if ffi::Py_REFCNT(p) != owners
-            || !(tp == l.handle.as_ptr().cast() || tp == l.timer.as_ptr().cast())
+            || !l.is_exact(p)
             || ffi::PyObject_GC_IsTracked(p) == 0
-            || weakly_referenced(p, tp)
+            || weakly_referenced(p, ffi::Py_TYPE(p))
         {
             return;
         }
@@ -320,15 +332,14 @@ unsafe fn weakly_referenced(p: *mut ffi::PyObject, tp: *mut ffi::PyTypeObject) -
 /// tracked when it dies), the handle itself if something else still holds it.
 pub fn retrack(h: &Bound<'_, PyAny>) {
     let p = h.as_ptr();
+    let Some(l) = LAYOUT.get(h.py()) else { return };
     // SAFETY: reads the refcount and type of a live object; a handle's
     // context slot holds an object or NULL.
     unsafe {
-        if !is_exact_handle(h) {
+        if !l.is_exact(p) {
             return;
         }
-        if let Some(l) = LAYOUT.get(h.py()) {
-            track_again(*slot(p, l.context));
-        }
+        track_again(*slot(p, l.context));
         if ffi::Py_REFCNT(p) > 1 && ffi::PyObject_GC_IsTracked(p) == 0 {
             ffi::PyObject_GC_Track(p.cast());
         }
@@ -359,12 +370,8 @@ pub fn visit(h: &Py<PyAny>, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> 
         return visit.call(h);
     };
     // SAFETY: reads the refcount, type and tracking of a live object.
-    let owned = unsafe {
-        ffi::Py_REFCNT(p) == 1
-            && ffi::PyObject_GC_IsTracked(p) == 0
-            && (ffi::Py_TYPE(p) == l.handle.as_ptr().cast()
-                || ffi::Py_TYPE(p) == l.timer.as_ptr().cast())
-    };
+    let owned =
+        unsafe { ffi::Py_REFCNT(p) == 1 && ffi::PyObject_GC_IsTracked(p) == 0 && l.is_exact(p) };
     if !owned {
         return visit.call(h);
     }
@@ -381,14 +388,6 @@ pub fn visit(h: &Py<PyAny>, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> 
         }
     }
     Ok(())
-}
-
-/// Whether `h` is exactly asyncio's Handle or TimerHandle.
-fn is_exact_handle(h: &Bound<'_, PyAny>) -> bool {
-    LAYOUT.get(h.py()).is_some_and(|l| {
-        let tp = h.get_type();
-        tp.is(l.handle.bind(h.py())) || tp.is(l.timer.bind(h.py()))
-    })
 }
 
 fn ffi_bool(b: bool) -> *mut ffi::PyObject {
