@@ -4,6 +4,7 @@
 //!
 //!     oxloop-loadgen PORT CONNS SIZE SECONDS
 
+use oxloop_loadgen::{Epoll, NO_EVENT};
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
@@ -42,21 +43,14 @@ fn main() -> io::Result<()> {
     let message = vec![b'x'; size];
     let mut buf = vec![0u8; 1 << 20];
 
-    // SAFETY: plain syscall; the result is checked.
-    let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-    assert!(epfd >= 0, "epoll_create1");
+    let epoll = Epoll::new()?;
     let mut conns = Vec::with_capacity(nconns);
     for i in 0..nconns {
         let stream = TcpStream::connect(("127.0.0.1", port))?;
         stream.set_nodelay(true)?;
         stream.set_nonblocking(true)?;
-        let mut ev = libc::epoll_event {
-            events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLET) as u32,
-            u64: i as u64,
-        };
-        // SAFETY: `ev` is live for the call; the fd belongs to `stream`.
-        let r = unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, stream.as_raw_fd(), &mut ev) };
-        assert_eq!(r, 0, "epoll_ctl");
+        let events = libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLET;
+        epoll.ctl(libc::EPOLL_CTL_ADD, stream.as_raw_fd(), events, i as u64)?;
         conns.push(Conn {
             stream,
             sent: 0,
@@ -66,21 +60,13 @@ fn main() -> io::Result<()> {
     }
 
     let mut latencies_us: Vec<u32> = Vec::with_capacity(1 << 20);
-    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
+    let mut events = vec![NO_EVENT; 1024];
     let start = Instant::now();
     let deadline = start + duration;
     let mut requests: u64 = 0;
     while Instant::now() < deadline {
-        // SAFETY: the buffer has room for `events.len()` entries.
-        let n = unsafe { libc::epoll_wait(epfd, events.as_mut_ptr(), events.len() as i32, 100) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        for ev in &events[..n as usize] {
+        let n = epoll.wait(&mut events, 100)?;
+        for ev in &events[..n] {
             let c = &mut conns[ev.u64 as usize];
             send_rest(c, &message)?;
             loop {

@@ -7,6 +7,7 @@
 //!
 //! Pins itself to CPU, prints its port, serves until killed.
 
+use oxloop_loadgen::{Epoll, NO_EVENT};
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -16,19 +17,6 @@ use std::os::fd::AsRawFd;
 struct Conn {
     stream: TcpStream,
     pending: Vec<u8>,
-}
-
-/// Sets what epoll reports for `fd` (`op`: add or modify).
-fn watch(epfd: i32, op: i32, fd: i32, events: i32) -> io::Result<()> {
-    let mut ev = libc::epoll_event {
-        events: events as u32,
-        u64: fd as u64,
-    };
-    // SAFETY: `ev` is live for the call; the result is checked.
-    if unsafe { libc::epoll_ctl(epfd, op, fd, &mut ev) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// Writes what the socket takes; returns what is left.
@@ -44,13 +32,13 @@ fn write_some(stream: &mut TcpStream, mut data: &[u8]) -> io::Result<Vec<u8>> {
 }
 
 /// Handles one event of a client; `Ok(false)` when it is gone.
-fn serve(conn: &mut Conn, epfd: i32, buf: &mut [u8], readable: bool) -> io::Result<bool> {
+fn serve(conn: &mut Conn, epoll: &Epoll, buf: &mut [u8], readable: bool) -> io::Result<bool> {
     let fd = conn.stream.as_raw_fd();
     if !conn.pending.is_empty() {
         let pending = std::mem::take(&mut conn.pending);
         conn.pending = write_some(&mut conn.stream, &pending)?;
         if conn.pending.is_empty() {
-            watch(epfd, libc::EPOLL_CTL_MOD, fd, libc::EPOLLIN)?;
+            epoll.ctl(libc::EPOLL_CTL_MOD, fd, libc::EPOLLIN, fd as u64)?;
         }
         return Ok(true);
     }
@@ -65,7 +53,7 @@ fn serve(conn: &mut Conn, epfd: i32, buf: &mut [u8], readable: bool) -> io::Resu
     };
     conn.pending = write_some(&mut conn.stream, &buf[..n])?;
     if !conn.pending.is_empty() {
-        watch(epfd, libc::EPOLL_CTL_MOD, fd, libc::EPOLLOUT)?;
+        epoll.ctl(libc::EPOLL_CTL_MOD, fd, libc::EPOLLOUT, fd as u64)?;
     }
     Ok(true)
 }
@@ -89,34 +77,22 @@ fn main() -> io::Result<()> {
     let listener = TcpListener::bind(("127.0.0.1", 0))?;
     listener.set_nonblocking(true)?;
     println!("{}", listener.local_addr()?.port());
-    // SAFETY: plain syscall; the result is checked.
-    let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-    if epfd < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let epoll = Epoll::new()?;
     let lfd = listener.as_raw_fd();
-    watch(epfd, libc::EPOLL_CTL_ADD, lfd, libc::EPOLLIN)?;
+    epoll.ctl(libc::EPOLL_CTL_ADD, lfd, libc::EPOLLIN, lfd as u64)?;
     let mut conns: HashMap<i32, Conn> = HashMap::new();
     let mut buf = vec![0u8; 256 * 1024];
-    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
+    let mut events = vec![NO_EVENT; 1024];
     loop {
-        // SAFETY: `events` is live and holds `len` entries.
-        let n = unsafe { libc::epoll_wait(epfd, events.as_mut_ptr(), events.len() as i32, -1) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        for ev in &events[..n as usize] {
+        let n = epoll.wait(&mut events, -1)?;
+        for ev in &events[..n] {
             let fd = ev.u64 as i32;
             if fd == lfd {
                 while let Ok((stream, _)) = listener.accept() {
                     stream.set_nonblocking(true)?;
                     stream.set_nodelay(true)?;
                     let cfd = stream.as_raw_fd();
-                    watch(epfd, libc::EPOLL_CTL_ADD, cfd, libc::EPOLLIN)?;
+                    epoll.ctl(libc::EPOLL_CTL_ADD, cfd, libc::EPOLLIN, cfd as u64)?;
                     conns.insert(
                         cfd,
                         Conn {
@@ -130,7 +106,7 @@ fn main() -> io::Result<()> {
             let readable =
                 ev.events & (libc::EPOLLIN | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0;
             let alive = match conns.get_mut(&fd) {
-                Some(conn) => serve(conn, epfd, &mut buf, readable).unwrap_or(false),
+                Some(conn) => serve(conn, &epoll, &mut buf, readable).unwrap_or(false),
                 None => continue,
             };
             if !alive {

@@ -1,0 +1,67 @@
+//! What the load generator and the reference server share: a thin epoll.
+
+use std::io;
+use std::os::fd::RawFd;
+
+/// An epoll instance (level- or edge-triggered as the events given say).
+pub struct Epoll {
+    fd: RawFd,
+}
+
+/// A zeroed event buffer entry, for the buffer `Epoll::wait` fills.
+pub const NO_EVENT: libc::epoll_event = libc::epoll_event { events: 0, u64: 0 };
+
+impl Epoll {
+    /// A new close-on-exec epoll instance.
+    pub fn new() -> io::Result<Self> {
+        // SAFETY: plain syscall; the result is checked.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self { fd })
+    }
+
+    /// `epoll_ctl(op)` for `fd`: report `events`, tagged with `token`.
+    pub fn ctl(&self, op: i32, fd: RawFd, events: i32, token: u64) -> io::Result<()> {
+        let mut ev = libc::epoll_event {
+            events: events as u32,
+            u64: token,
+        };
+        // SAFETY: `ev` is live for the call; the result is checked.
+        if unsafe { libc::epoll_ctl(self.fd, op, fd, &mut ev) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Waits up to `timeout_ms` (-1: forever) and fills `events`; returns how
+    /// many arrived (none when a signal interrupted the wait).
+    pub fn wait(&self, events: &mut [libc::epoll_event], timeout_ms: i32) -> io::Result<usize> {
+        // SAFETY: `events` is live and holds `len` entries.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.fd,
+                events.as_mut_ptr(),
+                events.len() as i32,
+                timeout_ms,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::Interrupted {
+                Ok(0)
+            } else {
+                Err(e)
+            };
+        }
+        Ok(n as usize)
+    }
+}
+
+impl Drop for Epoll {
+    fn drop(&mut self) {
+        // SAFETY: the fd is this instance's own and closed only here.
+        unsafe { libc::close(self.fd) };
+    }
+}
