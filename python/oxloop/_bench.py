@@ -139,10 +139,16 @@ def b_threadsafe_roundtrip(loop, n):
     t.join()
 
 
+def nonblocking_pair() -> tuple[socket.socket, socket.socket]:
+    """A connected pair of non-blocking sockets."""
+    pair = socket.socketpair()
+    for sock in pair:
+        sock.setblocking(False)
+    return pair
+
+
 def b_reader_pingpong(loop, n):
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
+    a, b = nonblocking_pair()
     left = [n]
 
     def on_b():
@@ -168,9 +174,7 @@ def b_reader_pingpong(loop, n):
 
 
 def b_sock_pingpong(loop, n):
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
+    a, b = nonblocking_pair()
 
     async def echo():
         for _ in range(n):
