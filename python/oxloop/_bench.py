@@ -36,8 +36,9 @@ def installed(names) -> list[str]:
 
 
 def baseline(loops: list[str]) -> str:
-    """The loop ratios are given against: uvloop when compared, else asyncio."""
-    return "uvloop" if "uvloop" in loops else "asyncio"
+    """The loop ratios are given against: uvloop when compared, else asyncio,
+    else the first loop."""
+    return next((name for name in ("uvloop", "asyncio") if name in loops), loops[0])
 
 
 def noop(*args):
