@@ -10,7 +10,7 @@ use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyOSError, PyTypeError};
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyByteArray, PyBytes};
 use std::cell::RefCell;
 use std::io;
 use std::os::fd::RawFd;
@@ -142,6 +142,55 @@ pub fn read_copied(py: Python<'_>, fd: RawFd, len: usize) -> io::Result<Bound<'_
         let n = unsafe { read_raw(fd, buf.as_mut_ptr(), len)? };
         Ok(PyBytes::new(py, &buf[..n]))
     })
+}
+
+/// Reads up to `len` (at most [`MAX_READ`]) bytes onto the end of the
+/// bytearray `target`, as `target.extend(read(len))` would, with no `bytes`
+/// in between: through the thread's shared buffer, or, when `direct` (a
+/// bulk read whose size the socket announced), straight into the grown
+/// bytearray. Returns how many bytes were appended; 0 at EOF.
+///
+/// The caller checks that nothing exports `target`'s buffer (resizing it
+/// would fail after the bytes left the socket).
+pub fn read_appended(
+    target: &Bound<'_, PyByteArray>,
+    fd: RawFd,
+    len: usize,
+    direct: bool,
+) -> io::Result<usize> {
+    let len = len.min(MAX_READ);
+    let old = target.len();
+    if direct {
+        grow(target, old + len)?;
+        // SAFETY: the bytearray was just grown to `old + len` bytes and
+        // nothing else runs (the GIL is held) until it is cut back below.
+        let read = unsafe { read_raw(fd, target.data().add(old), len) };
+        grow(target, old + *read.as_ref().unwrap_or(&0))?;
+        return read;
+    }
+    READ_BUF.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        let len = len.min(buf.len());
+        // SAFETY: the thread's buffer is live and at least `len` long.
+        let n = unsafe { read_raw(fd, buf.as_mut_ptr(), len)? };
+        if n > 0 {
+            grow(target, old + n)?;
+            // SAFETY: the bytearray now holds `old + n` bytes; the source is
+            // the thread's own buffer, which cannot overlap it.
+            unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), target.data().add(old), n) };
+        }
+        Ok(n)
+    })
+}
+
+/// Sets a bytearray's length (growing with CPython's over-allocation).
+fn grow(target: &Bound<'_, PyByteArray>, len: usize) -> io::Result<()> {
+    // SAFETY: `target` is a live bytearray; a failure sets a Python error,
+    // taken here.
+    if unsafe { ffi::PyByteArray_Resize(target.as_ptr(), len as ffi::Py_ssize_t) } < 0 {
+        return Err(io::Error::other(PyErr::fetch(target.py())));
+    }
+    Ok(())
 }
 
 /// `recvfrom(2)` of one datagram of at most [`MAX_READ`] bytes through the

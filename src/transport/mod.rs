@@ -4,6 +4,7 @@
 pub mod buffer;
 pub mod datagram;
 pub mod stream;
+mod stream_reader;
 
 use crate::engine::handle;
 use pyo3::intern;

@@ -10,12 +10,13 @@
 
 use super::buffer::{Chunk, WriteBuffer};
 use super::report_protocol_error;
+use super::stream_reader;
 use crate::engine::handle;
 use crate::engine::loop_::Engine;
 use crate::engine::watchers::{IoTarget, Side, Watcher};
 use crate::net::{
-    os_error, read_copied, read_new_bytes, read_raw, send, with_bytes, would_block, writable,
-    FdKind, MAX_READ,
+    os_error, read_appended, read_copied, read_new_bytes, read_raw, send, with_bytes, would_block,
+    writable, FdKind, MAX_READ,
 };
 use parking_lot::Mutex;
 use pyo3::buffer::PyBuffer;
@@ -37,11 +38,14 @@ const BULK_READ: usize = 64 * 1024;
 /// asyncio's `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
 const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
 
-/// How the protocol takes data: `data_received`, or `get_buffer` and
-/// `buffer_updated` for an `asyncio.BufferedProtocol`.
+/// How the protocol takes data: `data_received`, `get_buffer` and
+/// `buffer_updated` for an `asyncio.BufferedProtocol`, or straight into the
+/// reader of an `asyncio.StreamReaderProtocol` (its `data_received` kept
+/// for when that reader cannot be fed natively).
 enum Reader {
     Plain(Py<PyAny>),
     Buffered(Py<PyAny>, Py<PyAny>),
+    Stream(Py<PyAny>),
 }
 
 impl Reader {
@@ -55,7 +59,12 @@ impl Reader {
                     protocol.getattr(intern!(py, "buffer_updated"))?.unbind(),
                 )
             } else {
-                Reader::Plain(protocol.getattr(intern!(py, "data_received"))?.unbind())
+                let data_received = protocol.getattr(intern!(py, "data_received"))?.unbind();
+                if stream_reader::is_stream_protocol(protocol)? {
+                    Reader::Stream(data_received)
+                } else {
+                    Reader::Plain(data_received)
+                }
             },
         )
     }
@@ -64,6 +73,7 @@ impl Reader {
         match self {
             Reader::Plain(d) => Reader::Plain(d.clone_ref(py)),
             Reader::Buffered(g, u) => Reader::Buffered(g.clone_ref(py), u.clone_ref(py)),
+            Reader::Stream(d) => Reader::Stream(d.clone_ref(py)),
         }
     }
 }
@@ -190,22 +200,39 @@ impl StreamCore {
             Some(Reader::Buffered(get_buffer, buffer_updated)) => {
                 Self::read_into_protocol(slf, get_buffer.bind(py), buffer_updated.bind(py))
             }
+            Some(Reader::Stream(data_received)) => {
+                match protocol.map(|p| stream_reader::feedable(p.bind(py))) {
+                    Some(Ok(Some((reader, buffer)))) => {
+                        Self::read_into_stream(slf, &reader, &buffer)
+                    }
+                    Some(Err(e)) => Self::protocol_failed(slf, e, "data_received"),
+                    _ => Self::read_into_bytes(slf, data_received.bind(py)),
+                }
+            }
         }
+    }
+
+    /// How much to read, and whether straight into the target: during a bulk
+    /// transfer, what the socket holds.
+    fn read_size(&self) -> io::Result<(usize, bool)> {
+        let pending = if self.last_read.load(Relaxed) >= BULK_READ {
+            readable_bytes(self.fd)?
+        } else {
+            0
+        };
+        Ok(if pending >= BULK_READ {
+            (pending.min(MAX_READ), true)
+        } else {
+            (MAX_READ, false)
+        })
     }
 
     /// Reads one `bytes`: during a bulk transfer straight into it, otherwise
     /// through the shared buffer. `None` at EOF.
     fn read_bytes<'py>(&self, py: Python<'py>) -> io::Result<Option<Bound<'py, PyBytes>>> {
-        let fd = self.fd;
-        let pending = if self.last_read.load(Relaxed) >= BULK_READ {
-            readable_bytes(fd)?
-        } else {
-            0
-        };
-        let data = if pending >= BULK_READ {
-            read_new_bytes(py, fd, pending.min(MAX_READ))?
-        } else {
-            read_copied(py, fd, MAX_READ)?
+        let data = match self.read_size()? {
+            (len, true) => read_new_bytes(py, self.fd, len)?,
+            (len, false) => read_copied(py, self.fd, len)?,
         };
         let n = data.as_bytes().len();
         self.last_read.store(n, Relaxed);
@@ -228,6 +255,35 @@ impl StreamCore {
                 Ok(_) => Ok(()),
                 Err(e) => Self::protocol_failed(slf, e, "data_received"),
             },
+        }
+    }
+
+    /// Reads onto the end of a `StreamReader`'s buffer and finishes what
+    /// `feed_data` does.
+    fn read_into_stream(
+        slf: &Bound<'_, Self>,
+        reader: &Bound<'_, PyAny>,
+        buffer: &Bound<'_, PyByteArray>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let read = this
+            .read_size()
+            .and_then(|(len, direct)| read_appended(buffer, this.fd, len, direct));
+        match read {
+            Err(e) if would_block(&e) => Ok(()),
+            Err(e) => Self::fatal_error(slf, os_error(e), fatal_message(this.kind, false)),
+            Ok(0) => {
+                this.last_read.store(0, Relaxed);
+                this.transport
+                    .call_method0(py, "_read_ready__on_eof")
+                    .map(drop)
+            }
+            Ok(n) => {
+                this.last_read.store(n, Relaxed);
+                stream_reader::fed(reader, buffer)
+                    .or_else(|e| Self::protocol_failed(slf, e, "data_received"))
+            }
         }
     }
 
@@ -679,7 +735,7 @@ impl StreamCore {
         };
         visit.call(&st.protocol)?;
         match &st.reader {
-            Some(Reader::Plain(d)) => visit.call(d)?,
+            Some(Reader::Plain(d) | Reader::Stream(d)) => visit.call(d)?,
             Some(Reader::Buffered(g, u)) => {
                 visit.call(g)?;
                 visit.call(u)?;
