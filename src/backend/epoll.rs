@@ -1,7 +1,9 @@
-//! The native Linux backend: level-triggered epoll.
+//! The native Linux backend: level-triggered epoll, with one-shot
+//! registrations for the waits that ask for them ([`Interest::oneshot`]).
 
 use super::waker::Waker;
 use super::{timeout_ms, Backend, Event, Interest};
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
@@ -15,6 +17,14 @@ pub struct Epoll {
     epfd: Option<OwnedFd>,
     waker: Arc<Waker>,
     buf: Vec<libc::epoll_event>,
+    /// Watched one-shot fds: the events they are armed with, and whether
+    /// they were reported (so the kernel disarmed them) since.
+    armed: HashMap<RawFd, (u32, bool)>,
+    /// The one-shot fds reported since the last wait.
+    fired: Vec<RawFd>,
+    /// One-shot fds nobody watches any more, left registered (disarmed, or
+    /// armed for at most one report) so that the next wait only re-arms them.
+    parked: HashSet<RawFd>,
 }
 
 fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
@@ -46,6 +56,9 @@ impl Epoll {
             epfd: Some(unsafe { OwnedFd::from_raw_fd(fd) }),
             waker,
             buf: Vec::with_capacity(MAX_EVENTS),
+            armed: HashMap::new(),
+            fired: Vec::new(),
+            parked: HashSet::new(),
         };
         let wfd = this.waker.fd();
         this.ctl(libc::EPOLL_CTL_ADD, wfd, libc::EPOLLIN as u32)?;
@@ -61,6 +74,25 @@ impl Epoll {
         // SAFETY: `ev` is a live epoll_event for the duration of the call.
         check(unsafe { libc::epoll_ctl(epfd, op, fd, &mut ev) }).map(drop)
     }
+
+    /// Arms again the one-shot fds that were reported and are still watched
+    /// (their watcher found nothing to do and waits on).
+    fn rearm(&mut self) -> io::Result<()> {
+        while let Some(fd) = self.fired.pop() {
+            let Some((events, fired)) = self.armed.get_mut(&fd) else {
+                continue;
+            };
+            let events = *events;
+            if std::mem::take(fired) {
+                match self.ctl(libc::EPOLL_CTL_MOD, fd, events) {
+                    // Closed while watched: nothing would report it either way.
+                    Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EBADF)) => {}
+                    r => r?,
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 fn closed() -> io::Error {
@@ -71,22 +103,34 @@ impl Backend for Epoll {
     fn set_interest(&mut self, fd: RawFd, old: Interest, new: Interest) -> io::Result<()> {
         let errno = |e: &io::Error| e.raw_os_error().unwrap_or(0);
         if new.is_empty() {
+            if self.armed.remove(&fd).is_some() {
+                self.parked.insert(fd);
+                return Ok(());
+            }
             // The fd may already be closed, which removed it from epoll.
             return match self.ctl(libc::EPOLL_CTL_DEL, fd, 0) {
                 Err(e) if matches!(errno(&e), libc::ENOENT | libc::EBADF) => Ok(()),
                 r => r,
             };
         }
-        let (first, second) = if old.is_empty() {
+        let registered = !old.is_empty() || self.parked.remove(&fd);
+        let mut events = mask(new);
+        if new.oneshot {
+            events |= libc::EPOLLONESHOT as u32;
+            self.armed.insert(fd, (events, false));
+        } else {
+            self.armed.remove(&fd);
+        }
+        let (first, second) = if !registered {
             (libc::EPOLL_CTL_ADD, libc::EPOLL_CTL_MOD)
         } else {
             (libc::EPOLL_CTL_MOD, libc::EPOLL_CTL_ADD)
         };
         // The fd may have been closed and reopened behind the loop's back:
         // epoll then knows it under the other state than the loop does.
-        match self.ctl(first, fd, mask(new)) {
+        match self.ctl(first, fd, events) {
             Err(e) if matches!(errno(&e), libc::ENOENT | libc::EEXIST) => {
-                self.ctl(second, fd, mask(new))
+                self.ctl(second, fd, events)
             }
             r => r,
         }
@@ -94,6 +138,7 @@ impl Backend for Epoll {
 
     fn wait(&mut self, timeout: Option<Duration>, events: &mut Vec<Event>) -> io::Result<()> {
         let epfd = self.epfd.as_ref().ok_or_else(closed)?.as_raw_fd();
+        self.rearm()?;
         self.buf.clear();
         // SAFETY: the buffer has room for MAX_EVENTS entries; the kernel
         // initialises the first `n` of them, and only those are read.
@@ -114,6 +159,11 @@ impl Backend for Epoll {
                 self.waker.drain();
                 continue;
             }
+            if let Some((_, fired)) = self.armed.get_mut(&fd) {
+                if !std::mem::replace(fired, true) {
+                    self.fired.push(fd);
+                }
+            }
             // Errors and hang-ups wake both directions, as `selectors` does.
             let bits = ev.events;
             events.push(Event {
@@ -131,6 +181,9 @@ impl Backend for Epoll {
 
     fn close(&mut self) {
         self.epfd = None;
+        self.armed.clear();
+        self.fired.clear();
+        self.parked.clear();
     }
 
     fn reopen(&mut self, waker: Arc<Waker>) -> io::Result<bool> {
@@ -149,15 +202,34 @@ mod tests {
     const R: Interest = Interest {
         readable: true,
         writable: false,
+        oneshot: false,
     };
     const W: Interest = Interest {
         readable: false,
         writable: true,
+        oneshot: false,
     };
     const NONE: Interest = Interest {
         readable: false,
         writable: false,
+        oneshot: false,
     };
+    const R_ONCE: Interest = Interest {
+        readable: true,
+        writable: false,
+        oneshot: true,
+    };
+
+    fn send_byte(fd: RawFd) {
+        // SAFETY: writes one byte from a static buffer.
+        assert_eq!(unsafe { libc::write(fd, b"x".as_ptr().cast(), 1) }, 1);
+    }
+
+    fn reported(ep: &mut Epoll, timeout: Duration) -> Vec<Event> {
+        let mut evs = Vec::new();
+        ep.wait(Some(timeout), &mut evs).unwrap();
+        evs
+    }
 
     #[test]
     fn reports_readiness_level_triggered() {
@@ -194,6 +266,60 @@ mod tests {
         evs.clear();
         ep.wait(Some(Duration::ZERO), &mut evs).unwrap();
         assert!(evs.is_empty());
+    }
+
+    #[test]
+    fn oneshot_fd_still_watched_is_reported_again() {
+        let mut ep = Epoll::new(Arc::new(Waker::new().unwrap())).unwrap();
+        let (a, b) = socketpair();
+        let fd = a.as_raw_fd();
+        ep.set_interest(fd, NONE, R_ONCE).unwrap();
+        send_byte(b.as_raw_fd());
+        let ready = Event {
+            fd,
+            readable: true,
+            writable: false,
+        };
+        for _ in 0..3 {
+            assert_eq!(reported(&mut ep, Duration::from_secs(1)), vec![ready]);
+        }
+    }
+
+    #[test]
+    fn oneshot_fd_let_go_stays_quiet_and_rearms() {
+        let mut ep = Epoll::new(Arc::new(Waker::new().unwrap())).unwrap();
+        let (a, b) = socketpair();
+        let fd = a.as_raw_fd();
+        ep.set_interest(fd, NONE, R_ONCE).unwrap();
+        send_byte(b.as_raw_fd());
+        assert_eq!(reported(&mut ep, Duration::from_secs(1)).len(), 1);
+        ep.set_interest(fd, R_ONCE, NONE).unwrap();
+        assert!(ep.parked.contains(&fd));
+        assert!(reported(&mut ep, Duration::ZERO).is_empty());
+        // Watched again: the parked registration is re-armed, level-triggered
+        // data still there is reported.
+        ep.set_interest(fd, NONE, R_ONCE).unwrap();
+        assert_eq!(reported(&mut ep, Duration::from_secs(1)).len(), 1);
+        // A plain watcher takes the parked registration over.
+        ep.set_interest(fd, R_ONCE, NONE).unwrap();
+        ep.set_interest(fd, NONE, R).unwrap();
+        assert_eq!(reported(&mut ep, Duration::ZERO).len(), 1);
+        assert_eq!(reported(&mut ep, Duration::ZERO).len(), 1);
+    }
+
+    #[test]
+    fn parked_fd_closed_and_reused_is_registered_afresh() {
+        let mut ep = Epoll::new(Arc::new(Waker::new().unwrap())).unwrap();
+        let (a, b) = socketpair();
+        let fd = a.as_raw_fd();
+        ep.set_interest(fd, NONE, R_ONCE).unwrap();
+        ep.set_interest(fd, R_ONCE, NONE).unwrap();
+        drop((a, b));
+        let (c, d) = socketpair();
+        assert_eq!(c.as_raw_fd(), fd, "the lowest free fd is reused");
+        ep.set_interest(fd, NONE, R_ONCE).unwrap();
+        send_byte(d.as_raw_fd());
+        assert_eq!(reported(&mut ep, Duration::from_secs(1)).len(), 1);
     }
 
     #[test]

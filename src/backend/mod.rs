@@ -19,6 +19,11 @@ pub struct Interest {
     pub readable: bool,
     /// Report when the fd is writable.
     pub writable: bool,
+    /// Every watcher waits for one report and tries its syscall before
+    /// waiting again (the `sock_*` operations): the backend may disarm the fd
+    /// once it reported it and keep it registered while nobody waits, so a
+    /// wait costs one call into the OS instead of two.
+    pub oneshot: bool,
 }
 
 impl Interest {
@@ -42,7 +47,9 @@ pub struct Event {
 /// The boundary between the engine and the OS's waiting primitive.
 ///
 /// Level-triggered, like asyncio's selectors: an fd that stays ready is
-/// reported by every `wait` until its interest is removed.
+/// reported by every `wait` until its interest is removed. A one-shot fd
+/// (see [`Interest::oneshot`]) may also be reported once after its interest
+/// was removed; the engine ignores reports for fds nobody watches.
 pub trait Backend: Send {
     /// Moves `fd` from interest `old` to `new` (register, modify or remove).
     fn set_interest(&mut self, fd: RawFd, old: Interest, new: Interest) -> io::Result<()>;

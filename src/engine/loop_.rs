@@ -215,12 +215,11 @@ impl Engine {
         side: Side,
         watcher: Option<Watcher>,
     ) -> PyResult<Option<Watcher>> {
-        let old = self.state.lock().watchers.interest(fd);
-        let mut new = old;
-        match side {
-            Side::Read => new.readable = watcher.is_some(),
-            Side::Write => new.writable = watcher.is_some(),
-        }
+        let (old, new) = {
+            let st = self.state.lock();
+            let new = st.watchers.interest_with(fd, side, watcher.as_ref());
+            (st.watchers.interest(fd), new)
+        };
         if new != old {
             self.with_backend(|b| b.set_interest(fd, old, new))?;
         }

@@ -31,6 +31,12 @@ pub trait IoTarget: Send + Sync {
 
     /// Visits the Python objects the target holds, for the garbage collector.
     fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError>;
+
+    /// True when the target waits for one report at a time and tries its
+    /// syscall before each wait (see [`Interest::oneshot`]).
+    fn oneshot(&self) -> bool {
+        false
+    }
 }
 
 /// One side's watcher.
@@ -79,10 +85,7 @@ pub struct Watch {
 impl Watch {
     /// What the backend must report for this fd.
     pub fn interest(&self) -> Interest {
-        Interest {
-            readable: self.reader.is_some(),
-            writable: self.writer.is_some(),
-        }
+        interest_of(self.reader.as_ref(), self.writer.as_ref())
     }
 
     /// The watcher of one side.
@@ -91,6 +94,21 @@ impl Watch {
             Side::Read => &mut self.reader,
             Side::Write => &mut self.writer,
         }
+    }
+}
+
+/// What the backend must report for an fd with these watchers.
+fn interest_of(reader: Option<&Watcher>, writer: Option<&Watcher>) -> Interest {
+    let oneshot = |w: Option<&Watcher>| match w {
+        Some(Watcher::Native(t)) => t.oneshot(),
+        Some(Watcher::Handle(_)) => false,
+        None => true,
+    };
+    let (readable, writable) = (reader.is_some(), writer.is_some());
+    Interest {
+        readable,
+        writable,
+        oneshot: (readable || writable) && oneshot(reader) && oneshot(writer),
     }
 }
 
@@ -104,6 +122,17 @@ impl Watchers {
     /// The current interest in `fd`.
     pub fn interest(&self, fd: RawFd) -> Interest {
         self.map.get(&fd).map(Watch::interest).unwrap_or_default()
+    }
+
+    /// The interest in `fd` once `side` is watched by `watcher` instead.
+    pub fn interest_with(&self, fd: RawFd, side: Side, watcher: Option<&Watcher>) -> Interest {
+        let watch = self.map.get(&fd);
+        let reader = watch.and_then(|w| w.reader.as_ref());
+        let writer = watch.and_then(|w| w.writer.as_ref());
+        match side {
+            Side::Read => interest_of(watcher, writer),
+            Side::Write => interest_of(reader, watcher),
+        }
     }
 
     /// The watchers of `fd`, if any.

@@ -70,6 +70,11 @@ impl IoTarget for OpRef {
     fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.0)
     }
+
+    /// Every attempt tries the syscall before waiting.
+    fn oneshot(&self) -> bool {
+        true
+    }
 }
 
 /// The outcome of one attempt.
