@@ -188,6 +188,99 @@ def test_cancelled_sock_recv_loses_no_data_and_no_registration(loop):
     b.close()
 
 
+def test_sock_waits_survive_closed_and_reused_fds(loop):
+    """A socket that finished a wait is closed and its fd number reused by
+    another socket: the new socket's waits, add_reader and a transport on it
+    all still hear about their data."""
+
+    async def recv_after_wait(a, b):
+        waiting = asyncio.ensure_future(loop.sock_recv(b, 100))
+        await asyncio.sleep(0.01)
+        a.send(b"x")
+        assert await waiting == b"x"
+
+    async def main():
+        for _ in range(3):
+            a, b = socket.socketpair()
+            a.setblocking(False)
+            b.setblocking(False)
+            await recv_after_wait(a, b)
+            old_fd = b.fileno()
+            a.close()
+            b.close()
+            c, d = socket.socketpair()
+            c.setblocking(False)
+            d.setblocking(False)
+            assert old_fd in (c.fileno(), d.fileno())
+            await recv_after_wait(c, d)
+            await recv_after_wait(d, c)
+            readable = loop.create_future()
+            loop.add_reader(d, readable.set_result, None)
+            c.send(b"y")
+            await readable
+            assert loop.remove_reader(d)
+            assert d.recv(10) == b"y"
+            c.close()
+            d.close()
+
+    loop.run_until_complete(asyncio.wait_for(main(), 10))
+
+
+def test_socket_waited_on_then_given_to_a_transport(loop):
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+
+    async def main():
+        waiting = asyncio.ensure_future(loop.sock_recv(b, 100))
+        await asyncio.sleep(0.01)
+        a.send(b"first")
+        assert await waiting == b"first"
+        got = loop.create_future()
+
+        class Take(asyncio.Protocol):
+            def data_received(self, data):
+                got.set_result(data)
+
+        transport, _ = await loop.create_connection(Take, sock=b)
+        a.send(b"second")
+        assert await got == b"second"
+        transport.close()
+
+    loop.run_until_complete(asyncio.wait_for(main(), 10))
+    a.close()
+
+
+def test_sock_recv_and_sendall_at_once_on_one_socket(loop):
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    big = os.urandom(8 * 1024 * 1024)
+
+    async def drain_peer():
+        got = bytearray()
+        while len(got) < len(big):
+            got += await loop.sock_recv(a, 1 << 20)
+        return bytes(got)
+
+    async def main():
+        # b waits to read while its sendall waits for room: both sides of
+        # one fd are watched by one-shot waits at the same time.
+        reply = asyncio.ensure_future(loop.sock_recv(b, 100))
+        sending = asyncio.ensure_future(loop.sock_sendall(b, big))
+        await asyncio.sleep(0.01)
+        assert not sending.done()
+        received = asyncio.ensure_future(drain_peer())
+        await sending
+        assert await received == big
+        await loop.sock_sendall(a, b"done")
+        assert await reply == b"done"
+
+    loop.run_until_complete(asyncio.wait_for(main(), 20))
+    a.close()
+    b.close()
+
+
 def test_blocking_socket_is_refused_in_debug(loop):
     a, b = socket.socketpair()
     loop.set_debug(True)
