@@ -3,7 +3,7 @@
 
 use super::waker::Waker;
 use super::{timeout_ms, Backend, Event, Interest};
-use std::collections::{HashMap, HashSet};
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
@@ -19,12 +19,12 @@ pub struct Epoll {
     buf: Vec<libc::epoll_event>,
     /// Watched one-shot fds: the events they are armed with, and whether
     /// they were reported (so the kernel disarmed them) since.
-    armed: HashMap<RawFd, (u32, bool)>,
+    armed: FxHashMap<RawFd, (u32, bool)>,
     /// The one-shot fds reported since the last wait.
     fired: Vec<RawFd>,
     /// One-shot fds nobody watches any more, left registered (disarmed, or
     /// armed for at most one report) so that the next wait only re-arms them.
-    parked: HashSet<RawFd>,
+    parked: FxHashSet<RawFd>,
 }
 
 fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
@@ -56,9 +56,9 @@ impl Epoll {
             epfd: Some(unsafe { OwnedFd::from_raw_fd(fd) }),
             waker,
             buf: Vec::with_capacity(MAX_EVENTS),
-            armed: HashMap::new(),
+            armed: FxHashMap::default(),
             fired: Vec::new(),
-            parked: HashSet::new(),
+            parked: FxHashSet::default(),
         };
         let wfd = this.waker.fd();
         this.ctl(libc::EPOLL_CTL_ADD, wfd, libc::EPOLLIN as u32)?;

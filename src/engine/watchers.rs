@@ -9,7 +9,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::PyInt;
 use pyo3::PyTraverseError;
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
@@ -115,7 +115,7 @@ fn interest_of(reader: Option<&Watcher>, writer: Option<&Watcher>) -> Interest {
 /// fd → watchers, as asyncio's selector keys hold `(reader, writer)`.
 #[derive(Default)]
 pub struct Watchers {
-    map: HashMap<RawFd, Watch>,
+    map: FxHashMap<RawFd, Watch>,
 }
 
 impl Watchers {
