@@ -286,6 +286,47 @@ def test_tasks_names_context_and_factory(loop):
         loop.set_task_factory(42)
 
 
+def test_create_task_passes_only_what_it_was_given(loop):
+    calls = []
+
+    def factory(lp, coro, **kw):
+        calls.append(sorted(kw))
+        return asyncio.Task(coro, loop=lp, **kw)
+
+    async def nothing():
+        pass
+
+    async def main():
+        unnamed = loop.create_task(nothing())
+        assert unnamed.get_name().startswith("Task-")
+        await unnamed
+        loop.set_task_factory(factory)
+        ctx = contextvars.copy_context()
+        named = loop.create_task(nothing(), name="n", context=ctx)
+        assert named.get_name() == "n"
+        await named
+        await loop.create_task(nothing(), name=None, context=None)
+
+    loop.run_until_complete(main())
+    assert calls == [["context"], []]
+
+
+def test_create_task_source_traceback_ends_at_the_caller(loop):
+    loop.set_debug(True)
+
+    async def nothing():
+        pass
+
+    async def main():
+        task = loop.create_task(nothing())
+        line = sys._getframe().f_lineno - 1
+        last = task._source_traceback[-1]
+        assert (last.filename, last.lineno) == (__file__, line)
+        await task
+
+    loop.run_until_complete(main())
+
+
 @pytest.mark.skipif(sys.version_info < (3, 12), reason="eager tasks are 3.12+")
 def test_eager_task_factory(loop):
     order = []

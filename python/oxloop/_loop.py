@@ -49,7 +49,6 @@ _ADOPTED = (
     "__repr__",
     "__del__",
     "create_future",
-    "create_task",
     "set_task_factory",
     "get_task_factory",
     "_check_closed",

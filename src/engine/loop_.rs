@@ -9,6 +9,7 @@
 use super::fork;
 use super::handle::{self, FreeList};
 use super::ready::Ready;
+use super::task;
 use super::timers::{monotonic, resolution, TimerHeap};
 use super::watchers::{fileobj_to_fd, IoTarget, Side, Watcher, Watchers};
 use crate::backend::epoll::Epoll;
@@ -568,6 +569,19 @@ impl Engine {
     /// The loop's clock: `time.monotonic()`.
     fn time(&self) -> f64 {
         monotonic()
+    }
+
+    /// `create_task`: asyncio's `Task` for `coro`, or, with a task factory
+    /// set, asyncio's own `create_task` (which calls it).
+    #[pyo3(signature = (coro, *, name=None, context=None))]
+    fn create_task<'py>(
+        slf: &Bound<'py, Self>,
+        coro: &Bound<'py, PyAny>,
+        name: Option<&Bound<'py, PyAny>>,
+        context: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        slf.get().check_closed()?;
+        task::create_task(slf.as_any(), coro, name, context)
     }
 
     #[pyo3(signature = (callback, *args, context=None))]

@@ -4,5 +4,6 @@ pub mod fork;
 pub mod handle;
 pub mod loop_;
 pub mod ready;
+pub mod task;
 pub mod timers;
 pub mod watchers;
