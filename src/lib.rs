@@ -12,7 +12,9 @@ mod transport;
 
 use pyo3::prelude::*;
 
-#[pymodule]
+/// The engine relies on the GIL to serialize its state
+/// (`engine::gil_cell`): a free-threaded interpreter keeps it on for oxloop.
+#[pymodule(gil_used = true)]
 fn _oxloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     engine::handle::init(m.py())?;
     engine::fork::install();

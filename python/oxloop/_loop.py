@@ -48,7 +48,6 @@ _ADOPTED = (
     # running, tasks, executors, errors, debug
     "__repr__",
     "__del__",
-    "create_future",
     "set_task_factory",
     "get_task_factory",
     "_check_closed",

@@ -33,7 +33,8 @@ impl Waker {
 
     /// Makes the next (or current) wait return.
     pub fn wake(&self) {
-        if self.pending.swap(true, Ordering::AcqRel) {
+        // A plain load first: a burst of wakes writes the flag once.
+        if self.pending.load(Ordering::Acquire) || self.pending.swap(true, Ordering::AcqRel) {
             return;
         }
         let one: u64 = 1;

@@ -7,6 +7,7 @@
 //! finalizer or a user's selector may call back into the loop at any time.
 
 use super::fork;
+use super::gil_cell::GilCell;
 use super::handle::{self, FreeList};
 use super::ready::Ready;
 use super::task;
@@ -52,6 +53,12 @@ struct State {
     /// `schedule` or iteration checks whether its caller kept it
     /// ([`State::settle_last`]).
     last: Option<Py<PyAny>>,
+    /// The buffer the backend's reports land in, kept between iterations.
+    events: Vec<Event>,
+    /// When the backend was last asked for events (`None`: never).
+    polled: Option<Instant>,
+    /// What makes a blocked wait return (`call_soon_threadsafe`).
+    waker: Option<Arc<Waker>>,
 }
 
 impl Drop for State {
@@ -92,20 +99,16 @@ impl State {
     }
 }
 
-/// The OS side: the backend and the buffer its reports land in.
+/// The OS side: the backend.
 struct Io {
     backend: Box<dyn Backend>,
-    events: Vec<Event>,
-    /// When the backend was last asked for events.
-    polled: Instant,
 }
 
 /// The native core of every oxloop event loop.
 #[pyclass(subclass, frozen, module = "oxloop._oxloop", name = "Engine")]
 pub struct Engine {
-    state: Mutex<State>,
+    state: GilCell<State>,
     io: Mutex<Option<Io>>,
-    waker: Mutex<Option<Arc<Waker>>>,
     closed: AtomicBool,
     stopping: AtomicBool,
     /// The backend may wait with the interpreter detached (see `Backend`).
@@ -339,7 +342,10 @@ impl Engine {
     /// watched, and a waker of its own.
     fn check_fork(&self) -> PyResult<()> {
         let generation = fork::generation();
-        if self.forks.swap(generation, Relaxed) == generation {
+        // A plain load first: no atomic write in every iteration.
+        if self.forks.load(Relaxed) == generation
+            || self.forks.swap(generation, Relaxed) == generation
+        {
             return Ok(());
         }
         let watched: Vec<_> = {
@@ -358,31 +364,26 @@ impl Engine {
             for (fd, interest) in watched {
                 io.backend.set_interest(fd, Interest::default(), interest)?;
             }
-            *self.waker.lock() = Some(waker);
+            self.state.lock().waker = Some(waker);
         }
         Ok(())
     }
 
-    /// Waits for I/O; returns the reports (the buffer goes back via `give_back`).
-    ///
-    /// With `busy`, a poll that could not block is skipped when the last one
-    /// is less than [`BUSY_POLL_INTERVAL`] old.
-    fn wait(&self, py: Python<'_>, timeout: Option<Duration>, busy: bool) -> PyResult<Vec<Event>> {
+    /// Waits for I/O; returns the reports in `events`, the buffer taken from
+    /// [`State`] (and put back by `collect_ready`).
+    fn wait(
+        &self,
+        py: Python<'_>,
+        timeout: Option<Duration>,
+        mut events: Vec<Event>,
+    ) -> PyResult<Vec<Event>> {
         self.check_fork()?;
-        let wait = || {
+        let mut wait = || {
             let mut guard = self.io.lock();
             let io = guard
                 .as_mut()
                 .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))?;
-            let mut events = std::mem::take(&mut io.events);
-            events.clear();
-            let now = Instant::now();
-            if busy && timeout == Some(Duration::ZERO) && now - io.polled < BUSY_POLL_INTERVAL {
-                return Ok(events);
-            }
-            io.polled = now;
-            let r = io.backend.wait(timeout, &mut events);
-            r.map(|()| events)
+            io.backend.wait(timeout, &mut events)
         };
         let r = if self.waits_detached.load(Relaxed) && timeout != Some(Duration::ZERO) {
             py.detach(wait)
@@ -390,24 +391,19 @@ impl Engine {
             wait()
         };
         match r {
-            Ok(events) => Ok(events),
+            Ok(()) => Ok(events),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {
                 py.check_signals()?;
-                Ok(Vec::new())
+                Ok(events)
             }
             Err(e) => Err(e.into()),
         }
     }
 
-    fn give_back(&self, events: Vec<Event>) {
-        if let Some(io) = self.io.lock().as_mut() {
-            io.events = events;
-        }
-    }
-
-    /// Moves the handles of ready fds and due timers to the ready queue;
-    /// returns the readers/writers found cancelled.
-    fn collect_ready(&self, py: Python<'_>, events: &[Event]) -> Vec<(i32, Side)> {
+    /// Moves the handles of ready fds and due timers to the ready queue and
+    /// keeps the events buffer for the next wait; returns the readers and
+    /// writers found cancelled, and how many callbacks are ready.
+    fn collect_ready(&self, py: Python<'_>, events: Vec<Event>) -> (Vec<(i32, Side)>, usize) {
         let mut st = self.state.lock();
         let State {
             ready,
@@ -416,7 +412,7 @@ impl Engine {
             ..
         } = &mut *st;
         let mut stale = Vec::new();
-        for ev in events {
+        for ev in &events {
             let Some(w) = watchers.get(ev.fd) else {
                 continue;
             };
@@ -433,37 +429,55 @@ impl Engine {
                 }
             }
         }
-        let end = monotonic() + self.resolution;
-        while let Some(t) = timers.pop_due(end) {
-            handle::set_scheduled(t.bind(py), false);
-            ready.push_back(Ready::Callback(t));
+        if timers.len() > 0 {
+            let end = monotonic() + self.resolution;
+            while let Some(t) = timers.pop_due(end) {
+                handle::set_scheduled(t.bind(py), false);
+                ready.push_back(Ready::Callback(t));
+            }
         }
-        stale
+        let ntodo = ready.len();
+        st.events = events;
+        (stale, ntodo)
     }
 
-    /// One iteration (see [`Self::wait`] for `busy`).
+    /// One iteration. With `busy` (callbacks keep the ready queue full), a poll
+    /// that could not block is skipped while the last one is less than
+    /// [`BUSY_POLL_INTERVAL`] old.
     fn run_once(slf: &Bound<'_, Self>, busy: bool) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let timeout = {
+        let (timeout, events, poll) = {
             let mut st = this.state.lock();
             st.settle_last(py);
             let dropped = Self::prune_timers(&mut st, py);
             let timeout = this.next_timeout(&st);
+            let mut events = std::mem::take(&mut st.events);
+            events.clear();
+            // While busy, a poll that could not block waits for its interval.
+            let now = Instant::now();
+            let poll = !busy
+                || timeout != Some(Duration::ZERO)
+                || st.polled.is_none_or(|p| now - p >= BUSY_POLL_INTERVAL);
+            if poll {
+                st.polled = Some(now);
+            }
             drop(st);
             for t in dropped {
                 handle::retrack(t.bind(py));
             }
-            timeout
+            (timeout, events, poll)
         };
-        let events = this.wait(py, timeout, busy)?;
-        let stale = this.collect_ready(py, &events);
-        this.give_back(events);
+        let events = if poll {
+            this.wait(py, timeout, events)?
+        } else {
+            events
+        };
+        let (stale, ntodo) = this.collect_ready(py, events);
         for (fd, side) in stale {
             let fd = fd.into_pyobject(py)?.into_any();
             Self::remove_watch(slf, side, &fd)?;
         }
-        let ntodo = this.state.lock().ready.len();
         // A handle that ran and can be reused goes to the free list when the
         // next one is popped: one lock for both.
         let mut spent = None;
@@ -531,9 +545,8 @@ impl Engine {
     #[pyo3(signature = (*_args, **_kwargs))]
     fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyAny>>) -> Self {
         Self {
-            state: Mutex::new(State::default()),
+            state: GilCell::new(State::default()),
             io: Mutex::new(None),
-            waker: Mutex::new(None),
             closed: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             waits_detached: AtomicBool::new(false),
@@ -554,21 +567,22 @@ impl Engine {
         };
         self.waits_detached.store(backend.waits_detached(), Relaxed);
         self.forks.store(fork::generation(), Relaxed);
-        let old = self.io.lock().replace(Io {
-            backend,
-            events: Vec::new(),
-            polled: Instant::now(),
-        });
+        let old = self.io.lock().replace(Io { backend });
         if let Some(mut old) = old {
             old.backend.close();
         }
-        *self.waker.lock() = Some(waker);
+        self.state.lock().waker = Some(waker);
         Ok(())
     }
 
     /// The loop's clock: `time.monotonic()`.
     fn time(&self) -> f64 {
         monotonic()
+    }
+
+    /// `create_future`: an asyncio `Future` on this loop.
+    fn create_future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        task::create_future(slf.as_any())
     }
 
     /// `create_task`: asyncio's `Task` for `coro`, or, with a task factory
@@ -647,7 +661,7 @@ impl Engine {
         if self.forks.load(Relaxed) != fork::generation() {
             return; // the waker is the parent's until `check_fork` runs
         }
-        if let Some(w) = self.waker.lock().as_ref() {
+        if let Some(w) = self.state.lock().waker.as_ref() {
             w.wake();
         }
     }
@@ -812,7 +826,7 @@ impl Engine {
         if let Some(mut io) = io {
             io.backend.close();
         }
-        self.waker.lock().take();
+        drop(self.state.lock().waker.take());
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {

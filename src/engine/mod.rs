@@ -1,6 +1,7 @@
 //! The iteration: ready queue, timers, fd watchers and asyncio's handles.
 
 pub mod fork;
+pub mod gil_cell;
 pub mod handle;
 pub mod loop_;
 pub mod ready;

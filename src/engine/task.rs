@@ -1,6 +1,8 @@
-//! `loop.create_task` without a Python frame: asyncio's own `Task` class,
-//! called as asyncio's `BaseEventLoop.create_task` calls it (a Python
-//! `create_task` costed about a tenth of a `create_task` + `await`).
+//! `loop.create_task` and `loop.create_future` without a Python frame:
+//! asyncio's own `Task` and `Future` classes, called as asyncio's
+//! `BaseEventLoop` calls them (its Python `create_task` cost about a tenth
+//! of a `create_task` + `await`). Each class is looked up in its asyncio
+//! module at every call, as asyncio's code does.
 
 use pyo3::ffi;
 use pyo3::intern;
@@ -32,11 +34,21 @@ pub fn create_task<'py>(
     create_task.bind(py).call((loop_, coro), Some(&kwargs))
 }
 
+/// `loop.create_future()`: `asyncio.futures.Future(loop=loop)`.
+pub fn create_future<'py>(loop_: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    let py = loop_.py();
+    static FUTURES: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+    static KWNAMES: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
+    let class = module(py, &FUTURES, "asyncio.futures")?.getattr(intern!(py, "Future"))?;
+    let kwnames = KWNAMES.get_or_try_init(py, || PyTuple::new(py, ["loop"]).map(Bound::unbind))?;
+    vectorcall(&class, &[loop_.as_ptr()], kwnames.bind(py))
+}
+
 /// `asyncio.tasks.Task(coro, loop=loop, name=name, context=context)`, the
-/// keywords left at None not passed (they are Task's defaults).
+/// keywords left at None not passed (they are Task's defaults, and every
+/// keyword costs Task's argument parser).
 ///
-/// `Task` is looked up in `asyncio.tasks` at each call, as asyncio's code
-/// does. No `_source_traceback` entry needs removing in debug mode: with no
+/// No `_source_traceback` entry needs removing in debug mode: with no
 /// Python frame here, the traceback already ends at the caller.
 fn new_task<'py>(
     loop_: &Bound<'py, PyAny>,
@@ -47,11 +59,13 @@ fn new_task<'py>(
     let py = loop_.py();
     static TASKS: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
     static KWNAMES: [PyOnceLock<Py<PyTuple>>; 4] = [const { PyOnceLock::new() }; 4];
-    let tasks = TASKS.get_or_try_init(py, || {
-        PyModule::import(py, "asyncio.tasks").map(Bound::unbind)
-    })?;
-    let task_class = tasks.bind(py).getattr(intern!(py, "Task"))?;
-    // Only what was given is passed: every keyword costs Task's parser.
+    const NAMES: [&[&str]; 4] = [
+        &["loop"],
+        &["loop", "name"],
+        &["loop", "context"],
+        &["loop", "name", "context"],
+    ];
+    let class = module(py, &TASKS, "asyncio.tasks")?.getattr(intern!(py, "Task"))?;
     let mut args = [
         coro.as_ptr(),
         loop_.as_ptr(),
@@ -62,19 +76,40 @@ fn new_task<'py>(
         *slot = arg.as_ptr();
     }
     let given = usize::from(name.is_some()) | usize::from(context.is_some()) << 1;
-    const NAMES: [&[&str]; 4] = [
-        &["loop"],
-        &["loop", "name"],
-        &["loop", "context"],
-        &["loop", "name", "context"],
-    ];
     let kwnames =
         KWNAMES[given].get_or_try_init(py, || PyTuple::new(py, NAMES[given]).map(Bound::unbind))?;
-    // SAFETY: `args` holds one positional argument and then one value per
-    // name in `kwnames`, all borrowed references alive for the call.
+    let count = 2 + usize::from(name.is_some()) + usize::from(context.is_some());
+    vectorcall(&class, &args[..count], kwnames.bind(py))
+}
+
+/// The module `name`, imported once into `cell`.
+fn module<'py>(
+    py: Python<'py>,
+    cell: &PyOnceLock<Py<PyModule>>,
+    name: &str,
+) -> PyResult<Bound<'py, PyModule>> {
+    cell.get_or_try_init(py, || PyModule::import(py, name).map(Bound::unbind))
+        .map(|m| m.bind(py).clone())
+}
+
+/// `callable(args[0], **dict(zip(kwnames, args[1:])))`: the arguments after
+/// the first are the keywords' values.
+fn vectorcall<'py>(
+    callable: &Bound<'py, PyAny>,
+    args: &[*mut ffi::PyObject],
+    kwnames: &Bound<'py, PyTuple>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = callable.py();
+    let positional = args.len() - kwnames.len();
+    // SAFETY: `args` are borrowed references the caller keeps alive for the
+    // call; the last `kwnames.len()` of them are the keywords' values.
     unsafe {
-        let task =
-            ffi::PyObject_Vectorcall(task_class.as_ptr(), args.as_ptr(), 1, kwnames.as_ptr());
-        Bound::from_owned_ptr_or_err(py, task)
+        let result = ffi::PyObject_Vectorcall(
+            callable.as_ptr(),
+            args.as_ptr(),
+            positional,
+            kwnames.as_ptr(),
+        );
+        Bound::from_owned_ptr_or_err(py, result)
     }
 }
