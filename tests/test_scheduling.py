@@ -120,6 +120,40 @@ def test_context_argument_is_used(loop):
     assert sorted(seen) == ["default", "in-ctx", "in-ctx"]
 
 
+def test_callbacks_run_in_a_copy_of_the_callers_context(loop):
+    """Without context=, every scheduling method captures the caller's
+    context (a thread's own for call_soon_threadsafe), and what a callback
+    sets stays in its copy."""
+    var = contextvars.ContextVar("var", default="default")
+    seen = []
+
+    def record(tag):
+        seen.append((tag, var.get()))
+        var.set("set-by-callback")
+
+    def from_thread():
+        var.set("thread")
+        loop.call_soon_threadsafe(record, "threadsafe-other-thread")
+
+    var.set("caller")
+    loop.call_soon(record, "soon")
+    loop.call_later(0, record, "later")
+    loop.call_soon_threadsafe(record, "threadsafe")
+    worker = threading.Thread(target=from_thread)
+    worker.start()
+    worker.join()
+    var.set("changed-after")
+    loop.call_later(0.01, loop.stop)
+    loop.run_forever()
+    assert sorted(seen) == [
+        ("later", "caller"),
+        ("soon", "caller"),
+        ("threadsafe", "caller"),
+        ("threadsafe-other-thread", "thread"),
+    ]
+    assert var.get() == "changed-after"
+
+
 def test_call_soon_threadsafe_wakes_a_blocked_loop(loop):
     got = []
 
