@@ -329,9 +329,15 @@ mod tests {
         let fd = a.as_raw_fd();
         ep.set_interest(fd, NONE, R_ONCE).unwrap();
         ep.set_interest(fd, R_ONCE, NONE).unwrap();
-        drop((a, b));
+        drop(b);
+        // The fd number now names another socket (set explicitly: tests run
+        // in parallel, so the next free fd is not predictable); the parked
+        // socket's last reference closes, which takes it out of epoll.
         let (c, d) = socketpair();
-        assert_eq!(c.as_raw_fd(), fd, "the lowest free fd is reused");
+        // SAFETY: both fds are open and owned here; dup2 atomically makes
+        // `fd` (still owned by `a`) refer to `c`'s socket.
+        assert_eq!(unsafe { libc::dup2(c.as_raw_fd(), fd) }, fd);
+        drop(c);
         ep.set_interest(fd, NONE, R_ONCE).unwrap();
         send_byte(d.as_raw_fd());
         assert_eq!(reported(&mut ep, Duration::from_secs(1)).len(), 1);
