@@ -429,7 +429,7 @@ impl Engine {
                 }
             }
         }
-        if timers.len() > 0 {
+        if !timers.is_empty() {
             let end = monotonic() + self.resolution;
             while let Some(t) = timers.pop_due(end) {
                 handle::set_scheduled(t.bind(py), false);

@@ -78,8 +78,7 @@ fn new_task<'py>(
     let given = usize::from(name.is_some()) | usize::from(context.is_some()) << 1;
     let kwnames =
         KWNAMES[given].get_or_try_init(py, || PyTuple::new(py, NAMES[given]).map(Bound::unbind))?;
-    let count = 2 + usize::from(name.is_some()) + usize::from(context.is_some());
-    vectorcall(&class, &args[..count], kwnames.bind(py))
+    vectorcall(&class, &args[..1 + NAMES[given].len()], kwnames.bind(py))
 }
 
 /// The module `name`, imported once into `cell`.

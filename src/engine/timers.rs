@@ -120,6 +120,11 @@ impl<T> TimerHeap<T> {
         self.heap.len()
     }
 
+    /// True when no timer is scheduled.
+    pub fn is_empty(&self) -> bool {
+        self.heap.is_empty()
+    }
+
     /// Keeps the timers for which `keep` is true and returns the others, so
     /// the caller can release them outside any lock.
     pub fn split_off(&mut self, mut keep: impl FnMut(&T) -> bool) -> Vec<T> {

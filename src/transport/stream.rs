@@ -239,6 +239,13 @@ impl StreamCore {
         Ok((n > 0).then_some(data))
     }
 
+    /// The peer closed its side: asyncio's EOF handling, in the transport.
+    fn at_eof(&self, py: Python<'_>) -> PyResult<()> {
+        self.transport
+            .call_method0(py, "_read_ready__on_eof")
+            .map(drop)
+    }
+
     /// Reads one `bytes` and hands it to `protocol.data_received`.
     fn read_into_bytes(slf: &Bound<'_, Self>, data_received: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
@@ -246,11 +253,7 @@ impl StreamCore {
         match data {
             Err(e) if would_block(&e) => Ok(()),
             Err(e) => Self::fatal_error(slf, os_error(e), fatal_message(slf.get().kind, false)),
-            Ok(None) => slf
-                .get()
-                .transport
-                .call_method0(py, "_read_ready__on_eof")
-                .map(drop),
+            Ok(None) => slf.get().at_eof(py),
             Ok(Some(data)) => match data_received.call1((data,)) {
                 Ok(_) => Ok(()),
                 Err(e) => Self::protocol_failed(slf, e, "data_received"),
@@ -270,20 +273,15 @@ impl StreamCore {
         let read = this
             .read_size()
             .and_then(|(len, direct)| read_appended(buffer, this.fd, len, direct));
+        if let Ok(n) = read {
+            this.last_read.store(n, Relaxed);
+        }
         match read {
             Err(e) if would_block(&e) => Ok(()),
             Err(e) => Self::fatal_error(slf, os_error(e), fatal_message(this.kind, false)),
-            Ok(0) => {
-                this.last_read.store(0, Relaxed);
-                this.transport
-                    .call_method0(py, "_read_ready__on_eof")
-                    .map(drop)
-            }
-            Ok(n) => {
-                this.last_read.store(n, Relaxed);
-                stream_reader::fed(reader, buffer)
-                    .or_else(|e| Self::protocol_failed(slf, e, "data_received"))
-            }
+            Ok(0) => this.at_eof(py),
+            Ok(_) => stream_reader::fed(reader, buffer)
+                .or_else(|e| Self::protocol_failed(slf, e, "data_received")),
         }
     }
 
@@ -324,11 +322,7 @@ impl StreamCore {
         drop(buf);
         match read {
             Err(e) => Self::fatal_error(slf, e, fatal_message(slf.get().kind, false)),
-            Ok(0) => slf
-                .get()
-                .transport
-                .call_method0(py, "_read_ready__on_eof")
-                .map(drop),
+            Ok(0) => slf.get().at_eof(py),
             Ok(n) => match buffer_updated.call1((n,)) {
                 Ok(_) => Ok(()),
                 Err(e) => Self::protocol_failed(slf, e, "buffer_updated"),
