@@ -10,6 +10,14 @@ import tempfile
 import pytest
 
 
+def nonblocking_pair() -> tuple[socket.socket, socket.socket]:
+    """A connected pair of non-blocking sockets."""
+    pair = socket.socketpair()
+    for sock in pair:
+        sock.setblocking(False)
+    return pair
+
+
 def test_reader_is_level_triggered_and_removable(loop):
     r, w = socket.socketpair()
     r.setblocking(False)
@@ -102,9 +110,7 @@ def test_remove_after_close_returns_false(loop):
 
 
 def test_sock_ping_pong(loop):
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
+    a, b = nonblocking_pair()
 
     async def main():
         for i in range(100):
@@ -169,9 +175,7 @@ def test_sock_udp(loop):
 
 
 def test_cancelled_sock_recv_loses_no_data_and_no_registration(loop):
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
+    a, b = nonblocking_pair()
 
     async def main():
         t = asyncio.ensure_future(loop.sock_recv(b, 100))
@@ -201,16 +205,12 @@ def test_sock_waits_survive_closed_and_reused_fds(loop):
 
     async def main():
         for _ in range(3):
-            a, b = socket.socketpair()
-            a.setblocking(False)
-            b.setblocking(False)
+            a, b = nonblocking_pair()
             await recv_after_wait(a, b)
             old_fd = b.fileno()
             a.close()
             b.close()
-            c, d = socket.socketpair()
-            c.setblocking(False)
-            d.setblocking(False)
+            c, d = nonblocking_pair()
             assert old_fd in (c.fileno(), d.fileno())
             await recv_after_wait(c, d)
             await recv_after_wait(d, c)
@@ -227,9 +227,7 @@ def test_sock_waits_survive_closed_and_reused_fds(loop):
 
 
 def test_socket_waited_on_then_given_to_a_transport(loop):
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
+    a, b = nonblocking_pair()
 
     async def main():
         waiting = asyncio.ensure_future(loop.sock_recv(b, 100))
@@ -252,9 +250,7 @@ def test_socket_waited_on_then_given_to_a_transport(loop):
 
 
 def test_sock_recv_and_sendall_at_once_on_one_socket(loop):
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
+    a, b = nonblocking_pair()
     big = os.urandom(8 * 1024 * 1024)
 
     async def drain_peer():
@@ -343,9 +339,7 @@ def test_getaddrinfo_and_getnameinfo(loop, is_oxloop):
 
 
 def test_sock_operations_behave_as_coroutines(loop):
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
+    a, b = nonblocking_pair()
 
     async def main():
         op = loop.sock_recv(b, 100)
