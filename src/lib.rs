@@ -19,6 +19,7 @@ fn _oxloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     engine::handle::init(m.py())?;
     engine::fork::install();
     m.add_class::<engine::loop_::Engine>()?;
+    engine::fastcall::install(&m.py().get_type::<engine::loop_::Engine>())?;
     m.add_class::<transport::stream::StreamCore>()?;
     m.add_class::<transport::datagram::DatagramCore>()?;
     m.add_class::<net::sock::SockOp>()?;

@@ -29,6 +29,33 @@ def test_call_soon_runs_in_fifo_order_with_args(loop):
     assert calls == [0, 1, 2, 3, 4]
 
 
+@pytest.mark.parametrize("method", ["call_soon", "call_soon_threadsafe"])
+def test_call_soon_arguments(loop, method):
+    schedule = getattr(loop, method)
+    calls = []
+    context = contextvars.copy_context()
+    schedule(callback=calls.append, context=None)  # no argument: append() raises
+    schedule(calls.append, "positional", context=context)
+    # What asyncio's C tasks pass: a keyword name that is equal to, but not,
+    # the interned string.
+    kwname = "".join(["con", "text"])
+    schedule(calls.append, "built name", **{kwname: context})
+    for bad in (
+        lambda: schedule(),
+        lambda: schedule(calls.append, 1, unknown=2),
+        lambda: schedule(calls.append, callback=calls.append),
+        lambda: schedule(context=context),
+    ):
+        with pytest.raises(TypeError):
+            bad()
+    errors = []
+    loop.set_exception_handler(lambda loop, ctx: errors.append(ctx["exception"]))
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert calls == ["positional", "built name"]
+    assert [type(e) for e in errors] == [TypeError]
+
+
 def test_callbacks_added_while_running_wait_for_next_iteration(loop):
     calls = []
 

@@ -78,7 +78,8 @@ impl State {
     /// Checked when the next handle is scheduled or the loop iterates.
     fn settle_last(&mut self, py: Python<'_>) {
         if let Some(h) = self.last.take() {
-            handle::untrack_if_owned(h.bind(py), 2);
+            // Released as a `Bound`: see `fastcall` on dropping a `Py`.
+            handle::untrack_if_owned(&h.into_bound(py), 2);
         }
     }
 
@@ -162,7 +163,7 @@ impl Engine {
     /// `call_soon`, `call_soon_threadsafe`, `call_later` and `call_at`, as
     /// asyncio checks them: a closed loop refused; in debug mode, the calling
     /// thread (but for the thread-safe one) and the callback checked.
-    fn checked_schedule<'py>(
+    pub fn checked_schedule<'py>(
         slf: &Bound<'py, Self>,
         method: &str,
         when: Option<f64>,
@@ -598,28 +599,6 @@ impl Engine {
         task::create_task(slf.as_any(), coro, name, context)
     }
 
-    #[pyo3(signature = (callback, *args, context=None))]
-    fn call_soon<'py>(
-        slf: &Bound<'py, Self>,
-        callback: &Bound<'py, PyAny>,
-        args: &Bound<'py, PyTuple>,
-        context: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        Self::checked_schedule(slf, "call_soon", None, callback, args, context)
-    }
-
-    #[pyo3(signature = (callback, *args, context=None))]
-    fn call_soon_threadsafe<'py>(
-        slf: &Bound<'py, Self>,
-        callback: &Bound<'py, PyAny>,
-        args: &Bound<'py, PyTuple>,
-        context: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let h = Self::checked_schedule(slf, "call_soon_threadsafe", None, callback, args, context)?;
-        slf.get()._write_to_self();
-        Ok(h)
-    }
-
     #[pyo3(signature = (delay, callback, *args, context=None))]
     fn call_later<'py>(
         slf: &Bound<'py, Self>,
@@ -657,7 +636,7 @@ impl Engine {
     }
 
     /// Wakes the loop from another thread (asyncio's self-pipe write).
-    fn _write_to_self(&self) {
+    pub fn _write_to_self(&self) {
         if self.forks.load(Relaxed) != fork::generation() {
             return; // the waker is the parent's until `check_fork` runs
         }

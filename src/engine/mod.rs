@@ -1,5 +1,6 @@
 //! The iteration: ready queue, timers, fd watchers and asyncio's handles.
 
+pub mod fastcall;
 pub mod fork;
 pub mod gil_cell;
 pub mod handle;
