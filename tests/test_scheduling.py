@@ -509,12 +509,15 @@ def test_pending_callbacks_survive_collections(loop):
     assert seen == [Node, Node]
 
 
+@pytest.mark.parametrize("pending", [1, 100])
 @pytest.mark.parametrize("kept_last", [False, True])
-def test_a_dropped_loop_with_pending_callbacks_is_collected(loop_factory, kept_last):
+def test_a_dropped_loop_with_pending_callbacks_is_collected(loop_factory, kept_last, pending):
     loop = loop_factory()
     node = Node()
     node.handle = loop.call_soon(node.ping)
-    loop.call_soon(loop.stop)  # the loop refers to itself through its queue
+    for _ in range(pending):
+        loop.call_soon(loop.stop)  # the loop refers to itself through its queue
+        loop.call_later(3600, Node().ping)
     if kept_last:
         node.timer = loop.call_later(3600, loop.stop)
     else:

@@ -146,7 +146,7 @@ impl<T> TimerHeap<T> {
     }
 
     /// Every timer, in no particular order.
-    pub fn iter(&self) -> impl Iterator<Item = &T> {
+    pub fn iter(&self) -> impl Iterator<Item = &T> + Clone {
         self.heap.iter().map(|e| &e.item)
     }
 
