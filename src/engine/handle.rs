@@ -194,7 +194,7 @@ pub fn reusable(h: &Bound<'_, PyAny>) -> Option<bool> {
 pub fn strip(h: Bound<'_, PyAny>, timer: bool) -> Spent {
     let py = h.py();
     let p = h.as_ptr();
-    let none = py.None();
+    let none = ffi_none();
     if let Some(l) = LAYOUT.get(py) {
         // SAFETY: `h` is exactly a Handle/TimerHandle (see `reusable`), whose
         // context slot holds an object or NULL; the context must be tracked
@@ -205,8 +205,8 @@ pub fn strip(h: Bound<'_, PyAny>, timer: bool) -> Spent {
         // to them.
         let released =
             [l.callback, l.args, l.context, l.source_traceback, l.repr].map(|off| unsafe {
-                ffi::Py_INCREF(none.as_ptr());
-                let old = std::mem::replace(&mut *slot(p, off), none.as_ptr());
+                ffi::Py_INCREF(none);
+                let old = std::mem::replace(&mut *slot(p, off), none);
                 Bound::from_owned_ptr_or_opt(py, old)
             });
         // SAFETY: as above; a spare is handed out tracked, like a new handle.
@@ -261,7 +261,7 @@ pub fn new<'py>(
         },
     };
     let p = obj.as_ptr();
-    let none = py.None();
+    let none = ffi_none();
     let false_ = ffi_bool(false);
     // SAFETY: `obj` is an instance of `cls` (a spare is of the kind asked
     // for); every offset belongs to it (`scheduled` and `when` only when
@@ -271,8 +271,8 @@ pub fn new<'py>(
         put(p, l.args, args.as_ptr());
         put(p, l.cancelled, false_);
         put(p, l.loop_, loop_.as_ptr());
-        put(p, l.source_traceback, none.as_ptr());
-        put(p, l.repr, none.as_ptr());
+        put(p, l.source_traceback, none);
+        put(p, l.repr, none);
         put(p, l.context, context.as_ptr());
         if let Some(w) = when {
             put(p, l.scheduled, false_);
@@ -443,6 +443,13 @@ pub fn visit(h: &Py<PyAny>, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> 
         }
     }
     Ok(())
+}
+
+/// `None`, borrowed: a `Py` would be released through PyO3's deferred pool
+/// when dropped outside PyO3's own entry points (see `fastcall`).
+fn ffi_none() -> *mut ffi::PyObject {
+    // SAFETY: the None singleton lives for the whole interpreter.
+    unsafe { ffi::Py_None() }
 }
 
 fn ffi_bool(b: bool) -> *mut ffi::PyObject {
