@@ -56,6 +56,31 @@ def test_call_soon_arguments(loop, method):
     assert [type(e) for e in errors] == [TypeError]
 
 
+def test_call_later_and_call_at_arguments(loop):
+    calls = []
+    context = contextvars.copy_context()
+    loop.call_later(delay=0, callback=calls.append, context=context)  # raises: no argument
+    loop.call_later(0, calls.append, "later", context=None)
+    loop.call_at(when=loop.time(), callback=calls.append)  # raises too
+    loop.call_at(loop.time(), calls.append, "at", context=context)
+    for bad in (
+        lambda: loop.call_later(),
+        lambda: loop.call_later(0),
+        lambda: loop.call_later(None, calls.append),
+        lambda: loop.call_at(None, calls.append),
+        lambda: loop.call_later(0, calls.append, delay=0),
+        lambda: loop.call_at(0, calls.append, unknown=1),
+    ):
+        with pytest.raises(TypeError):
+            bad()
+    errors = []
+    loop.set_exception_handler(lambda loop, ctx: errors.append(ctx["exception"]))
+    loop.call_later(0.01, loop.stop)
+    loop.run_forever()
+    assert calls == ["later", "at"]
+    assert [type(e) for e in errors] == [TypeError, TypeError]
+
+
 def test_callbacks_added_while_running_wait_for_next_iteration(loop):
     calls = []
 

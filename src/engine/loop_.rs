@@ -132,6 +132,19 @@ fn current_thread() -> u64 {
 }
 
 impl Engine {
+    /// `loop.get_debug()`.
+    pub fn get_debug(&self) -> bool {
+        self.debug.load(Relaxed)
+    }
+
+    /// `loop._timer_handle_cancelled(timer)`, called by `TimerHandle.cancel()`:
+    /// counts cancelled timers still in the heap.
+    pub fn timer_cancelled(&self, timer: &Bound<'_, PyAny>) {
+        if handle::is_scheduled(timer) {
+            self.state.lock().cancelled_timers += 1;
+        }
+    }
+
     fn check_closed(&self) -> PyResult<()> {
         if self.closed.load(Relaxed) {
             Err(closed_error())
@@ -576,11 +589,6 @@ impl Engine {
         Ok(())
     }
 
-    /// The loop's clock: `time.monotonic()`.
-    fn time(&self) -> f64 {
-        monotonic()
-    }
-
     /// `create_future`: an asyncio `Future` on this loop.
     fn create_future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         task::create_future(slf.as_any())
@@ -597,42 +605,6 @@ impl Engine {
     ) -> PyResult<Bound<'py, PyAny>> {
         slf.get().check_closed()?;
         task::create_task(slf.as_any(), coro, name, context)
-    }
-
-    #[pyo3(signature = (delay, callback, *args, context=None))]
-    fn call_later<'py>(
-        slf: &Bound<'py, Self>,
-        delay: &Bound<'py, PyAny>,
-        callback: &Bound<'py, PyAny>,
-        args: &Bound<'py, PyTuple>,
-        context: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        if delay.is_none() {
-            return Err(PyTypeError::new_err("delay must not be None"));
-        }
-        let when = monotonic() + delay.extract::<f64>()?;
-        Self::checked_schedule(slf, "call_at", Some(when), callback, args, context)
-    }
-
-    #[pyo3(signature = (when, callback, *args, context=None))]
-    fn call_at<'py>(
-        slf: &Bound<'py, Self>,
-        when: &Bound<'py, PyAny>,
-        callback: &Bound<'py, PyAny>,
-        args: &Bound<'py, PyTuple>,
-        context: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        if when.is_none() {
-            return Err(PyTypeError::new_err("when cannot be None"));
-        }
-        Self::checked_schedule(
-            slf,
-            "call_at",
-            Some(when.extract()?),
-            callback,
-            args,
-            context,
-        )
     }
 
     /// Wakes the loop from another thread (asyncio's self-pipe write).
@@ -658,13 +630,6 @@ impl Engine {
                 .push_back(Ready::Callback(h.clone().unbind()));
         }
         Ok(())
-    }
-
-    /// Called by `TimerHandle.cancel()`: counts cancelled timers still in the heap.
-    fn _timer_handle_cancelled(slf: &Bound<'_, Self>, timer: &Bound<'_, PyAny>) {
-        if handle::is_scheduled(timer) {
-            slf.get().state.lock().cancelled_timers += 1;
-        }
     }
 
     #[pyo3(signature = (fd, callback, *args))]
@@ -754,10 +719,6 @@ impl Engine {
 
     pub fn is_closed(&self) -> bool {
         self.closed.load(Relaxed)
-    }
-
-    pub fn get_debug(&self) -> bool {
-        self.debug.load(Relaxed)
     }
 
     #[getter(_debug)]
