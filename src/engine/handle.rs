@@ -359,61 +359,6 @@ unsafe fn track_again(obj: *mut ffi::PyObject) {
     }
 }
 
-/// How far ahead of its visit a queued handle is fetched into the cache (and,
-/// half as far ahead, what it refers to).
-const AHEAD: usize = 16;
-
-/// Visits queued handles for the loop's traverse, as [`visit`] does, while
-/// fetching the handles further down the queue into the cache: a long queue
-/// otherwise waits on memory for every handle and again for its context (a
-/// full collection with 60,000 callbacks queued spent 100 ns per handle on
-/// that).
-pub fn visit_all<'a, I>(handles: I, visit: &PyVisit<'_>) -> Result<(), PyTraverseError>
-where
-    I: Iterator<Item = &'a Py<PyAny>> + Clone,
-{
-    // SAFETY: as in `visit`.
-    let py = unsafe { Python::assume_attached() };
-    let layout = LAYOUT.get(py);
-    let mut far = handles.clone().skip(AHEAD);
-    let mut near = handles.clone().skip(AHEAD / 2);
-    for h in handles {
-        if let Some(f) = far.next() {
-            let p = f.as_ptr().cast::<u8>();
-            // The GC header before the object, the header and the slots.
-            prefetch(p.wrapping_sub(16));
-            prefetch(p.wrapping_add(48));
-        }
-        if let (Some(n), Some(l)) = (near.next(), layout) {
-            let p = n.as_ptr();
-            // SAFETY: `p` is a live queued object; the slots are read only
-            // when it is exactly a handle, so the offsets are its own.
-            unsafe {
-                if l.is_exact(p) {
-                    for off in [l.callback, l.context] {
-                        prefetch((*slot(p, off)).cast::<u8>().wrapping_sub(16));
-                    }
-                }
-            }
-        }
-        self::visit(h, visit)?;
-    }
-    Ok(())
-}
-
-/// Asks the CPU to bring the cache line holding `p` in; only a hint, which
-/// never faults, whatever the address.
-#[inline(always)]
-fn prefetch(p: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: SSE, which the instruction needs, is part of x86_64.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast())
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
-}
-
 /// Visits a queued handle for the loop's traverse: the handle itself, or,
 /// when it is untracked (so only the loop holds it), what it refers to.
 pub fn visit(h: &Py<PyAny>, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {

@@ -773,18 +773,18 @@ impl Engine {
         let Some(st) = self.state.try_lock() else {
             return Ok(());
         };
-        let callbacks = st.ready.iter().filter_map(|entry| match entry {
-            Ready::Callback(h) => Some(h),
-            Ready::Io(..) => None,
-        });
-        handle::visit_all(callbacks, &visit)?;
-        for entry in st.ready.iter().filter(|e| matches!(e, Ready::Io(..))) {
-            entry.traverse(&visit)?;
+        for entry in &st.ready {
+            match entry {
+                Ready::Callback(h) => handle::visit(h, &visit)?,
+                Ready::Io(..) => entry.traverse(&visit)?,
+            }
         }
         for watcher in st.watchers.watchers() {
             watcher.traverse(&visit)?;
         }
-        handle::visit_all(st.timers.iter(), &visit)?;
+        for h in st.timers.iter() {
+            handle::visit(h, &visit)?;
+        }
         for h in st.free.iter().chain(&st.last) {
             visit.call(h)?;
         }

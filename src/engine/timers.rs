@@ -146,7 +146,7 @@ impl<T> TimerHeap<T> {
     }
 
     /// Every timer, in no particular order.
-    pub fn iter(&self) -> impl Iterator<Item = &T> + Clone {
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
         self.heap.iter().map(|e| &e.item)
     }
 
