@@ -1,10 +1,11 @@
-"""Helpers shared by the benchmarks: loops by name, pinned server processes,
-and the CPU time a process used."""
+"""Helpers shared by the benchmarks: loops by name, pinned server processes
+measured in turns, and the CPU time a process used."""
 
 from __future__ import annotations
 
 import math
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -71,3 +72,56 @@ def guarded(run_cell, loop: str, *args) -> dict:
     except (subprocess.SubprocessError, ValueError, KeyError, AttributeError, OSError) as exc:
         print(f"{loop} {args}: failed: {exc!r}", file=sys.stderr)
         return FAILED
+
+
+class Servers:
+    """One benchmark server per name, all alive at once, so that their
+    measurements can take turns ([`interleaved`]); killed on exit. A server
+    that does not start is reported on stderr and left out (looking it up
+    raises KeyError, which `guarded` turns into FAILED)."""
+
+    def __init__(self, names, start, *args):
+        self.running: dict[str, tuple[subprocess.Popen, int]] = {}
+        for name in names:
+            try:
+                self.running[name] = start(name, *args)
+            except (subprocess.SubprocessError, ValueError, OSError) as exc:
+                print(f"{name}: server failed to start: {exc!r}", file=sys.stderr)
+
+    def __repr__(self) -> str:
+        return f"servers of {', '.join(self.running)}"
+
+    def __getitem__(self, name: str) -> tuple[subprocess.Popen, int]:
+        """The server process of `name` and its port."""
+        return self.running[name]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for proc, _ in self.running.values():
+            proc.kill()
+            proc.wait()
+
+
+def interleaved(names, rounds: int, measure, *args) -> dict[str, dict]:
+    """Each name's median figures over `rounds` calls of `measure(name, *args)`, the
+    names taking turns within each round: this shared machine drifts between
+    faster and slower states over seconds, and taking turns exposes every
+    loop to the same drift. A name whose measure fails once is FAILED."""
+    samples: dict[str, list[dict]] = {name: [] for name in names}
+    failed = set()
+    for _ in range(rounds):
+        for name in names:
+            if name not in failed:
+                result = guarded(measure, name, *args)
+                if result is FAILED:
+                    failed.add(name)
+                else:
+                    samples[name].append(result)
+    return {
+        name: FAILED
+        if name in failed or not runs
+        else {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+        for name, runs in samples.items()
+    }

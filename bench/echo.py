@@ -1,13 +1,15 @@
 """TCP echo benchmark: server CPU-seconds per request, oxloop vs uvloop vs asyncio.
 
-    python bench/echo.py [--seconds 5] [--kinds protocol,buffered,streams,sock]
+    python bench/echo.py [--seconds 1] [--rounds 3] [--kinds protocol,buffered,streams,sock]
                          [--sizes 1024,10240,102400] [--conns 1,10,100]
 
 Each server runs in its own process pinned to CPU 0; the compiled load
 generator (bench/loadgen, built here with cargo) runs pinned to CPU 1. The
-figure that separates fast loops is the server's CPU time per request (the
-load generator saturates its core first); requests/s and p50/p99 latency are
-reported beside it, with ratios to uvloop. No assertion is made.
+loops take turns, window by window, and each figure is the median of a
+cell's windows. The figure that separates fast loops is the server's CPU
+time per request (the load generator saturates its core first);
+requests/s and p50/p99 latency are reported beside it, with ratios to
+uvloop. No assertion is made.
 """
 
 from __future__ import annotations
@@ -16,14 +18,15 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from common import (
+    Servers,
     available_loops,
     baseline,
     cpu_seconds,
     guarded,
+    interleaved,
     peak_rss_mib,
     pinned,
     start_command,
@@ -53,24 +56,30 @@ def build_loadgen() -> None:
     )
 
 
-def run_cell(loop: str, kind: str, size: int, conns: int, seconds: float) -> dict:
-    if loop == "reference":
-        server, port = start_command(str(REFERENCE))
-    else:
-        server, port = start_server(HERE / "echo_server.py", loop, kind)
-    try:
-        load = pinned(str(LOADGEN), str(port), str(conns), str(size))
-        subprocess.run([*load, "0.5"], capture_output=True, check=True)  # warm-up
-        before = cpu_seconds(server.pid)
-        out = subprocess.run(
-            [*load, str(seconds)], capture_output=True, text=True, check=True, timeout=seconds + 30
-        )
-        used = cpu_seconds(server.pid) - before
-        rss = peak_rss_mib(server.pid)
-        result = json.loads(out.stdout)
-    finally:
-        server.kill()
-        server.wait()
+def echo_server(name: str, kind: str) -> tuple[subprocess.Popen, int]:
+    """The echo server of loop `name` (or the reference server) for `kind`."""
+    if name == "reference":
+        return start_command(str(REFERENCE))
+    return start_server(HERE / "echo_server.py", name, kind)
+
+
+def load(port: int, conns: int, size: int, seconds: float, **kwargs) -> subprocess.CompletedProcess:
+    """Runs the load generator against `port` for `seconds`."""
+    cmd = pinned(str(LOADGEN), str(port), str(conns), str(size), str(seconds))
+    return subprocess.run(cmd, capture_output=True, text=True, check=True, **kwargs)
+
+
+def warm_up(name: str, servers: Servers, size: int, conns: int) -> None:
+    """Half a second of load on the server of `name`."""
+    load(servers[name][1], conns, size, 0.5)
+
+
+def window(name: str, servers: Servers, size: int, conns: int, seconds: float) -> dict:
+    """The figures of one measurement window on the (warmed-up) server of `name`."""
+    proc, port = servers[name]
+    before = cpu_seconds(proc.pid)
+    result = json.loads(load(port, conns, size, seconds, timeout=seconds + 30).stdout)
+    used = cpu_seconds(proc.pid) - before
     requests = result["requests"]
     if not requests:
         raise ValueError("no request served")
@@ -79,40 +88,48 @@ def run_cell(loop: str, kind: str, size: int, conns: int, seconds: float) -> dic
         "cpu_us": used / requests * 1e6,
         "p50_us": result["p50_us"],
         "p99_us": result["p99_us"],
-        "rss_mib": rss,
+        "rss_mib": peak_rss_mib(proc.pid),
     }
 
 
-def table(loops: list[str], kinds, sizes, conns, seconds: float) -> list[dict]:
-    """Runs every (kind, size, conns) cell on every loop, printing each row."""
+def table(loops: list[str], kinds, sizes, conns, seconds: float, rounds: int) -> list[dict]:
+    """Runs every (kind, size, conns) cell on every loop, printing each row.
+
+    One server per loop serves every concurrency of a (kind, size); in each
+    cell, after a warm-up, the loops take turns for `rounds` windows of
+    `seconds` and each figure is the median (peak RSS: the server's peak so
+    far, which at the highest concurrency is that of the whole size)."""
     build_loadgen()
     base = baseline(loops)
     cells = []
     print(
         f"Python {sys.version.split()[0]}; TCP echo, server CPU µs/request (ratio to {base}), "
-        "requests/s, p50/p99 µs"
+        f"requests/s, p50/p99 µs; median of {rounds} windows of {seconds} s"
     )
     header = [*loops, "reference"]
     print(f"{'kind':<9}{'size':>7}{'conns':>6}  " + "".join(f"{name:>36}" for name in header))
     for kind in kinds:
+        names = [*loops, "reference"] if kind in REFERENCE_KINDS else loops
         for size in sizes:
-            for n in conns:
-                names = [*loops, "reference"] if kind in REFERENCE_KINDS else loops
-                row = {name: guarded(run_cell, name, kind, size, n, seconds) for name in names}
-                cells.append({"kind": kind, "size": size, "conns": n, **row})
-                text = "".join(
-                    f"{r['cpu_us']:>8.1f} ({r['cpu_us'] / row[base]['cpu_us']:4.2f}x) "
-                    f"{r['rps']:>8.0f}/s {r['p50_us']:>4}/{r['p99_us']:<5}"
-                    for r in row.values()
-                )
-                print(f"{kind:<9}{size:>7}{n:>6}  {text}", flush=True)
-                time.sleep(0.2)
+            with Servers(names, echo_server, kind) as servers:
+                for n in conns:
+                    for name in names:
+                        guarded(warm_up, name, servers, size, n)
+                    row = interleaved(names, rounds, window, servers, size, n, seconds)
+                    cells.append({"kind": kind, "size": size, "conns": n, **row})
+                    text = "".join(
+                        f"{r['cpu_us']:>8.1f} ({r['cpu_us'] / row[base]['cpu_us']:4.2f}x) "
+                        f"{r['rps']:>8.0f}/s {r['p50_us']:>4}/{r['p99_us']:<5}"
+                        for r in row.values()
+                    )
+                    print(f"{kind:<9}{size:>7}{n:>6}  {text}", flush=True)
     return cells
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--seconds", type=float, default=1.0, help="per measurement window")
+    parser.add_argument("--rounds", type=int, default=3, help="windows per cell (median)")
     parser.add_argument("--kinds", default="protocol,buffered,streams,sock")
     parser.add_argument("--sizes", default="1024,10240,102400")
     parser.add_argument("--conns", default="1,10,100")
@@ -125,6 +142,7 @@ def main() -> int:
         [int(size) for size in opts.sizes.split(",")],
         [int(n) for n in opts.conns.split(",")],
         opts.seconds,
+        opts.rounds,
     )
     if opts.json:
         Path(opts.json).write_text(json.dumps(cells, indent=1))

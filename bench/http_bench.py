@@ -2,7 +2,7 @@
 uvloop vs asyncio, reported as server CPU µs per request (ratio to uvloop),
 requests/s and wrk's p50/p99 latency.
 
-    python bench/http_bench.py [--seconds 5] [--conns 10,100]
+    python bench/http_bench.py [--seconds 1] [--rounds 3] [--conns 10,100]
 """
 
 from __future__ import annotations
@@ -13,7 +13,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common import available_loops, baseline, cpu_seconds, guarded, pinned, start_server
+from common import (
+    Servers,
+    available_loops,
+    baseline,
+    cpu_seconds,
+    guarded,
+    interleaved,
+    pinned,
+    start_server,
+)
 
 HERE = Path(__file__).resolve().parent
 
@@ -31,20 +40,24 @@ def parse_wrk(text: str) -> dict:
     }
 
 
-def run_cell(loop: str, conns: int, seconds: float) -> dict:
-    server, port = start_server(HERE / "http_server.py", loop)
-    try:
-        url = f"http://127.0.0.1:{port}/"
-        wrk = pinned("wrk", "-t1", f"-c{conns}", "--latency")
-        subprocess.run([*wrk, "-d1s", url], capture_output=True, check=True)  # warm-up
-        before = cpu_seconds(server.pid)
-        out = subprocess.run(
-            [*wrk, f"-d{seconds}s", url], capture_output=True, text=True, check=True
-        )
-        used = cpu_seconds(server.pid) - before
-    finally:
-        server.kill()
-        server.wait()
+def http_server(name: str) -> tuple[subprocess.Popen, int]:
+    """The HTTP server of loop `name`."""
+    return start_server(HERE / "http_server.py", name)
+
+
+def wrk(name: str, servers: Servers, conns: int, seconds: int) -> subprocess.CompletedProcess:
+    """Runs wrk against the server of `name` for `seconds`."""
+    url = f"http://127.0.0.1:{servers[name][1]}/"
+    cmd = pinned("wrk", "-t1", f"-c{conns}", "--latency", f"-d{seconds}s", url)
+    return subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=seconds + 30)
+
+
+def window(name: str, servers: Servers, conns: int, seconds: int) -> dict:
+    """The figures of one measurement window on the (warmed-up) server of `name`."""
+    proc = servers[name][0]
+    before = cpu_seconds(proc.pid)
+    out = wrk(name, servers, conns, seconds)
+    used = cpu_seconds(proc.pid) - before
     result = parse_wrk(out.stdout)
     if not result["requests"]:
         raise ValueError("no request served")
@@ -52,32 +65,41 @@ def run_cell(loop: str, conns: int, seconds: float) -> dict:
     return result
 
 
-def table(loops: list[str], conns, seconds: int) -> list[dict]:
-    """Runs every concurrency on every loop, printing each row."""
+def table(loops: list[str], conns, seconds: int, rounds: int) -> list[dict]:
+    """Runs every concurrency on every loop, printing each row: after a
+    warm-up, the loops take turns for `rounds` windows of `seconds`, and each
+    figure is the median."""
     base = baseline(loops)
-    print(f"Python {sys.version.split()[0]}; HTTP/1.1 keep-alive (httptools) under wrk")
+    print(
+        f"Python {sys.version.split()[0]}; HTTP/1.1 keep-alive (httptools) under wrk; "
+        f"median of {rounds} windows of {seconds} s"
+    )
     print(f"{'conns':>6}  " + "".join(f"{name:>38}" for name in loops))
     cells = []
-    for n in conns:
-        row = {name: guarded(run_cell, name, n, seconds) for name in loops}
-        cells.append({"conns": n, **row})
-        text = "".join(
-            f"{r['cpu_us']:>7.2f} ({r['cpu_us'] / row[base]['cpu_us']:4.2f}x) "
-            f"{r['rps']:>8.0f}/s {r['p50_us']:>5.0f}/{r['p99_us']:<6.0f}"
-            for r in row.values()
-        )
-        print(f"{n:>6}  {text}", flush=True)
+    with Servers(loops, http_server) as servers:
+        for n in conns:
+            for name in loops:
+                guarded(wrk, name, servers, n, 1)  # warm-up
+            row = interleaved(loops, rounds, window, servers, n, seconds)
+            cells.append({"conns": n, **row})
+            text = "".join(
+                f"{r['cpu_us']:>7.2f} ({r['cpu_us'] / row[base]['cpu_us']:4.2f}x) "
+                f"{r['rps']:>8.0f}/s {r['p50_us']:>5.0f}/{r['p99_us']:<6.0f}"
+                for r in row.values()
+            )
+            print(f"{n:>6}  {text}", flush=True)
     return cells
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--seconds", type=int, default=1, help="per measurement window")
+    parser.add_argument("--rounds", type=int, default=3, help="windows per cell (median)")
     parser.add_argument("--conns", default="10,100")
     parser.add_argument("--loops", help="comma-separated loop modules (default: all installed)")
     opts = parser.parse_args()
     loops = opts.loops.split(",") if opts.loops else available_loops()
-    table(loops, [int(n) for n in opts.conns.split(",")], opts.seconds)
+    table(loops, [int(n) for n in opts.conns.split(",")], opts.seconds, opts.rounds)
     return 0
 
 

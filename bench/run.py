@@ -1,6 +1,6 @@
 """Every benchmark in one run, and the report made from it.
 
-    python bench/run.py [--seconds 3] [--repeat 5] [--out docs] [--report-only]
+    python bench/run.py [--seconds 1] [--rounds 3] [--repeat 5] [--out docs] [--report-only]
 
 Runs the micro benchmarks (oxloop._bench), the TCP echo table (echo.py) and
 the HTTP table (http.py) on every loop installed, then writes
@@ -170,13 +170,17 @@ Raw figures: [benchmarks.json](benchmarks.json).
 - Machine: {info["cpu"]}, {info["cores"]} cores, Linux {info["kernel"]}, Python {info["python"]}.
 - Loops: {versions}.
 - Micro benchmarks (`oxloop._bench`, what `python -m oxloop bench` runs in a quick version):
-  each (loop, benchmark) runs {results["repeat"]} times, each time in a fresh process; the
-  figure is the median ops/s.
-- TCP echo (`bench/echo.py`) and HTTP (`bench/http_bench.py`): the server runs in its own process
-  pinned to CPU 0, the load generator (bench/loadgen, compiled Rust; wrk for HTTP) pinned to
-  CPU 1, {results["seconds"]} s per cell after a warm-up. The load generator saturates its core
+  each (loop, benchmark) runs {results["repeat"]} times, each time in a fresh process, the
+  loops taking turns; the figure is the median ops/s.
+- TCP echo (`bench/echo.py`) and HTTP (`bench/http_bench.py`): each server runs in its own
+  process pinned to CPU 0, the load generator (bench/loadgen, compiled Rust; wrk for HTTP)
+  pinned to CPU 1. After a warm-up, the loops take turns for {results.get("rounds", 1)}
+  windows of {results["seconds"]} s per cell, and each figure is the median of its windows
+  (this machine drifts between faster and slower states over seconds; taking turns exposes
+  every loop to the same drift). The load generator saturates its core
   first, so the figure that separates loops is the **server's CPU time per request** (user +
-  system, from /proc); lower is better. Requests/s and peak RSS (VmHWM) are given beside it.
+  system, from /proc); lower is better. Requests/s and peak RSS (VmHWM; one server per loop
+  serves a kind and size at every concurrency) are given beside it.
 - Ratios are to {base} in the same run. This is a shared 2-core machine: figures move by
   ±10–20 % between runs; compare ratios, not absolute numbers.
 
@@ -204,7 +208,8 @@ Protocol and BufferedProtocol servers.
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=3.0, help="per echo/HTTP cell")
+    parser.add_argument("--seconds", type=float, default=1.0, help="per echo/HTTP window")
+    parser.add_argument("--rounds", type=int, default=3, help="windows per echo/HTTP cell")
     parser.add_argument("--repeat", type=int, default=5, help="runs per micro benchmark")
     parser.add_argument("--loops", help="comma-separated loop modules (default: all installed)")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "docs"))
@@ -220,11 +225,14 @@ def main() -> int:
         results = {
             "machine": machine(),
             "seconds": opts.seconds,
+            "rounds": opts.rounds,
             "repeat": opts.repeat,
             "loops": {name: version(name) for name in loops},
             "micro": micro.run(loops, list(micro.BENCHMARKS), opts.repeat, 1.0),
-            "echo": echo.table(loops, ECHO_KINDS, ECHO_SIZES, ECHO_CONNS, opts.seconds),
-            "http": http_bench.table(loops, HTTP_CONNS, max(1, round(opts.seconds))),
+            "echo": echo.table(
+                loops, ECHO_KINDS, ECHO_SIZES, ECHO_CONNS, opts.seconds, opts.rounds
+            ),
+            "http": http_bench.table(loops, HTTP_CONNS, max(1, round(opts.seconds)), opts.rounds),
         }
         out.mkdir(parents=True, exist_ok=True)
         (out / "benchmarks.json").write_text(json.dumps(results, indent=1) + "\n")

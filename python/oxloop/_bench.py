@@ -353,7 +353,9 @@ def run(loops: list[str], benches: list[str], repeat: int, scale: float) -> dict
     print(f"{'benchmark':<30}" + "".join(f"{name:>20}" for name in loops))
     medians = {}
     for bench in benches:
-        row = {name: median(sample(name, bench, scale) for _ in range(repeat)) for name in loops}
+        # The loops take turns, so that each sees the machine's drift alike.
+        runs = [{name: sample(name, bench, scale) for name in loops} for _ in range(repeat)]
+        row = {name: median(run[name] for run in runs) for name in loops}
         medians[bench] = row
         cells = "".join(cell(row[name], row[base]) for name in loops)
         print(f"{bench:<30}{cells}", flush=True)
