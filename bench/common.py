@@ -3,8 +3,10 @@ measured in turns, and the CPU time a process used."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -75,25 +77,36 @@ def guarded(run_cell, loop: str, *args) -> dict:
 
 
 class Servers:
-    """One benchmark server per name, all alive at once, so that their
-    measurements can take turns ([`interleaved`]); killed on exit. A server
-    that does not start is reported on stderr and left out (looking it up
-    raises KeyError, which `guarded` turns into FAILED)."""
+    """One benchmark server per name, all started at once so that their
+    measurements can take turns ([`interleaved`]), each stopped (SIGSTOP)
+    except while it is served ([`Servers.serving`]): a rival whose server
+    spins after a failure must not take CPU from the one measured. Killed on
+    exit. A server that does not start is reported on stderr and left out
+    (serving it raises KeyError, which `guarded` turns into FAILED)."""
 
     def __init__(self, names, start, *args):
         self.running: dict[str, tuple[subprocess.Popen, int]] = {}
         for name in names:
             try:
-                self.running[name] = start(name, *args)
+                proc, port = start(name, *args)
             except (subprocess.SubprocessError, ValueError, OSError) as exc:
                 print(f"{name}: server failed to start: {exc!r}", file=sys.stderr)
+                continue
+            proc.send_signal(signal.SIGSTOP)
+            self.running[name] = (proc, port)
 
     def __repr__(self) -> str:
         return f"servers of {', '.join(self.running)}"
 
-    def __getitem__(self, name: str) -> tuple[subprocess.Popen, int]:
-        """The server process of `name` and its port."""
-        return self.running[name]
+    @contextlib.contextmanager
+    def serving(self, name: str):
+        """The server process of `name` and its port, running for the block."""
+        proc, port = self.running[name]
+        proc.send_signal(signal.SIGCONT)
+        try:
+            yield proc, port
+        finally:
+            proc.send_signal(signal.SIGSTOP)
 
     def __enter__(self):
         return self

@@ -71,15 +71,17 @@ def load(port: int, conns: int, size: int, seconds: float, **kwargs) -> subproce
 
 def warm_up(name: str, servers: Servers, size: int, conns: int) -> None:
     """Half a second of load on the server of `name`."""
-    load(servers[name][1], conns, size, 0.5)
+    with servers.serving(name) as (_, port):
+        load(port, conns, size, 0.5)
 
 
 def window(name: str, servers: Servers, size: int, conns: int, seconds: float) -> dict:
     """The figures of one measurement window on the (warmed-up) server of `name`."""
-    proc, port = servers[name]
-    before = cpu_seconds(proc.pid)
-    result = json.loads(load(port, conns, size, seconds, timeout=seconds + 30).stdout)
-    used = cpu_seconds(proc.pid) - before
+    with servers.serving(name) as (proc, port):
+        before = cpu_seconds(proc.pid)
+        result = json.loads(load(port, conns, size, seconds, timeout=seconds + 30).stdout)
+        used = cpu_seconds(proc.pid) - before
+        rss = peak_rss_mib(proc.pid)
     requests = result["requests"]
     if not requests:
         raise ValueError("no request served")
@@ -88,7 +90,7 @@ def window(name: str, servers: Servers, size: int, conns: int, seconds: float) -
         "cpu_us": used / requests * 1e6,
         "p50_us": result["p50_us"],
         "p99_us": result["p99_us"],
-        "rss_mib": peak_rss_mib(proc.pid),
+        "rss_mib": rss,
     }
 
 

@@ -45,19 +45,22 @@ def http_server(name: str) -> tuple[subprocess.Popen, int]:
     return start_server(HERE / "http_server.py", name)
 
 
-def wrk(name: str, servers: Servers, conns: int, seconds: int) -> subprocess.CompletedProcess:
-    """Runs wrk against the server of `name` for `seconds`."""
-    url = f"http://127.0.0.1:{servers[name][1]}/"
-    cmd = pinned("wrk", "-t1", f"-c{conns}", "--latency", f"-d{seconds}s", url)
-    return subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=seconds + 30)
+def wrk(
+    name: str, servers: Servers, conns: int, seconds: int
+) -> tuple[subprocess.CompletedProcess, float]:
+    """Runs wrk against the server of `name` for `seconds`; returns it and
+    the server's CPU seconds meanwhile."""
+    with servers.serving(name) as (proc, port):
+        url = f"http://127.0.0.1:{port}/"
+        cmd = pinned("wrk", "-t1", f"-c{conns}", "--latency", f"-d{seconds}s", url)
+        before = cpu_seconds(proc.pid)
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=seconds + 30)
+        return out, cpu_seconds(proc.pid) - before
 
 
 def window(name: str, servers: Servers, conns: int, seconds: int) -> dict:
     """The figures of one measurement window on the (warmed-up) server of `name`."""
-    proc = servers[name][0]
-    before = cpu_seconds(proc.pid)
-    out = wrk(name, servers, conns, seconds)
-    used = cpu_seconds(proc.pid) - before
+    out, used = wrk(name, servers, conns, seconds)
     result = parse_wrk(out.stdout)
     if not result["requests"]:
         raise ValueError("no request served")
