@@ -25,7 +25,7 @@ pub struct Epoll {
     /// One-shot fds nobody watches any more, left registered (disarmed, or
     /// armed for at most one report) so that the next wait only re-arms them.
     parked: FxHashSet<RawFd>,
-    /// The last wait reported a single fd: the loop is waiting on one peer.
+    /// The last wait reported a single fd.
     lone: bool,
 }
 
@@ -106,13 +106,19 @@ impl Backend for Epoll {
     fn set_interest(&mut self, fd: RawFd, old: Interest, new: Interest) -> io::Result<()> {
         let errno = |e: &io::Error| e.raw_os_error().unwrap_or(0);
         if new.is_empty() {
-            // Parking pays off when waits report many fds. A loop serving a
-            // single peer removes the fd instead: a socket left registered
-            // made its next send() cost ~5 µs more on loopback (measured,
-            // sock_* echo at concurrency 1), more than the epoll_ctl saved.
-            if self.armed.remove(&fd).is_some() && !self.lone {
-                self.parked.insert(fd);
-                return Ok(());
+            // Parking pays off when the loop waits on several fds in turn
+            // (sock_* ping-pong between two sockets: +18 % on TCP, +24 % on
+            // a socketpair). A loop serving a single peer (the last wait
+            // reported one fd, and no other one-shot fd is watched) removes
+            // the fd instead: a socket left registered made
+            // its next send() cost ~5 µs more on loopback (sock_* echo at
+            // concurrency 1), more than the epoll_ctl saved.
+            if self.armed.remove(&fd).is_some() {
+                let alone = self.lone && self.armed.is_empty();
+                if !alone {
+                    self.parked.insert(fd);
+                    return Ok(());
+                }
             }
             // The fd may already be closed, which removed it from epoll.
             return match self.ctl(libc::EPOLL_CTL_DEL, fd, 0) {
@@ -320,6 +326,25 @@ mod tests {
         ep.set_interest(fd, NONE, R).unwrap();
         assert_eq!(reported(&mut ep, Duration::ZERO).len(), 1);
         assert_eq!(reported(&mut ep, Duration::ZERO).len(), 1);
+    }
+
+    #[test]
+    fn lone_report_parks_while_another_oneshot_fd_is_watched() {
+        let mut ep = Epoll::new(Arc::new(Waker::new().unwrap())).unwrap();
+        let (a, b) = socketpair();
+        let (c, _d) = socketpair();
+        let fd = a.as_raw_fd();
+        // Two sockets waited on in turn (a ping-pong): `c` waits while `a`'s
+        // wait, reported alone, ends.
+        ep.set_interest(fd, NONE, R_ONCE).unwrap();
+        ep.set_interest(c.as_raw_fd(), NONE, R_ONCE).unwrap();
+        send_byte(b.as_raw_fd());
+        assert_eq!(reported(&mut ep, Duration::from_secs(1)).len(), 1);
+        ep.set_interest(fd, R_ONCE, NONE).unwrap();
+        assert!(ep.parked.contains(&fd));
+        // `c`'s wait ends with no other one-shot fd watched: it leaves epoll.
+        ep.set_interest(c.as_raw_fd(), R_ONCE, NONE).unwrap();
+        assert!(!ep.parked.contains(&c.as_raw_fd()));
     }
 
     #[test]
