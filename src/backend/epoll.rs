@@ -110,9 +110,9 @@ impl Backend for Epoll {
             // (sock_* ping-pong between two sockets: +18 % on TCP, +24 % on
             // a socketpair). A loop serving a single peer (the last wait
             // reported one fd, and no other one-shot fd is watched) removes
-            // the fd instead: a socket left registered made
-            // its next send() cost ~5 µs more on loopback (sock_* echo at
-            // concurrency 1), more than the epoll_ctl saved.
+            // the fd instead: a socket left registered made its next send()
+            // cost ~5 µs more on loopback (sock_* echo at concurrency 1),
+            // more than the epoll_ctl saved.
             if self.armed.remove(&fd).is_some() {
                 let alone = self.lone && self.armed.is_empty();
                 if !alone {
