@@ -252,7 +252,7 @@ type Schedule<'py, const N: usize> = (
 /// As for [`method`]; `call` holds the arguments CPython passed.
 unsafe fn scheduling<'py, const N: usize>(
     slf: *mut ffi::PyObject,
-    call: Call<'_, N>,
+    call: Call<N>,
     body: impl FnOnce(
         &Bound<'py, Engine>,
         [Bound<'py, PyAny>; N],
@@ -272,21 +272,21 @@ unsafe fn scheduling<'py, const N: usize>(
 
 /// The arguments of a vectorcall to a method of the signature
 /// `(name_1, ..., name_N, *args, context=None)`.
-struct Call<'a, const N: usize> {
+struct Call<const N: usize> {
     args: *const *mut ffi::PyObject,
     nargs: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
     method: &'static str,
-    names: [&'a KwName; N],
+    names: [&'static KwName; N],
 }
 
-impl<'a, const N: usize> Call<'a, N> {
+impl<const N: usize> Call<N> {
     fn new(
         args: *const *mut ffi::PyObject,
         nargs: ffi::Py_ssize_t,
         kwnames: *mut ffi::PyObject,
         method: &'static str,
-        names: [&'a KwName; N],
+        names: [&'static KwName; N],
     ) -> Self {
         Self {
             args,
