@@ -16,7 +16,9 @@ use pyo3::prelude::*;
 /// (`engine::gil_cell`): a free-threaded interpreter keeps it on for oxloop.
 #[pymodule(gil_used = true)]
 fn _oxloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    engine::handle::init(m.py())?;
+    let timer = engine::handle::init(m.py())?;
+    engine::fastcall::install_timer(&timer)?;
+    m.add(engine::handle::TIMER_NAME, timer)?;
     engine::fork::install();
     m.add_class::<engine::loop_::Engine>()?;
     engine::fastcall::install(&m.py().get_type::<engine::loop_::Engine>())?;

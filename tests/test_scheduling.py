@@ -451,6 +451,66 @@ def test_many_cancelled_timers_are_released(loop):
     assert current < 20 * 1024 * 1024
 
 
+def test_timer_cancel_tells_the_loop_once_and_drops_the_callback(loop):
+    told = []
+    tell = loop._timer_handle_cancelled
+    # An instance attribute replaces the loop's method, as for any Python object.
+    loop._timer_handle_cancelled = lambda timer: (told.append(timer), tell(timer))
+    t = loop.call_later(3600, print, "x")
+    assert isinstance(t, asyncio.TimerHandle)
+    t.cancel()
+    t.cancel()
+    assert told == [t]
+    assert t.cancelled() and t._callback is None and t._args is None
+    assert repr(t).startswith("<TimerHandle cancelled when=")
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+
+
+def test_timer_cancel_in_debug_mode_keeps_what_it_was(loop):
+    loop.set_debug(True)
+    t = loop.call_later(3600, print, "x")
+    t.cancel()
+    assert t._callback is None
+    assert repr(t).startswith("<TimerHandle cancelled when=")
+    assert "print('x')" in repr(t)
+
+
+def test_timer_cancel_that_the_loop_refuses_leaves_the_timer(loop):
+    def refuse(timer):
+        raise RuntimeError("refused")
+
+    loop._timer_handle_cancelled = refuse
+    t = loop.call_later(0, print, "x")
+    with pytest.raises(RuntimeError, match="refused"):
+        t.cancel()
+    assert not t.cancelled() and t._callback is print
+
+
+def test_cancelled_timers_are_pruned_but_kept_ones_stay_intact(loop):
+    def callback():
+        pass
+
+    fired = []
+    kept = loop.call_later(0, callback)
+    kept.cancel()
+    watched = weakref.ref(loop.call_later(0, callback))
+    watched().cancel()
+    for _ in range(3):
+        loop.call_later(0, callback).cancel()
+    loop.call_later(0.001, loop.stop)
+    loop.run_forever()
+    # Timers made after the pruning (perhaps from reused handles) are whole.
+    later = [loop.call_later(0, fired.append, i) for i in range(5)]
+    loop.call_later(0.001, loop.stop)
+    loop.run_forever()
+    assert fired == [0, 1, 2, 3, 4]
+    assert not any(t.cancelled() for t in later)
+    assert kept.cancelled() and kept._callback is None
+    assert all(t is not kept and t is not watched() for t in later)
+    assert watched() is None or watched().cancelled()
+
+
 def test_runner_with_loop_factory(loop_factory):
     async def main():
         return type(asyncio.get_running_loop())

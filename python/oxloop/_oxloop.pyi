@@ -8,6 +8,10 @@ from typing import Any, TypeVarTuple, Unpack
 
 _Ts = TypeVarTuple("_Ts")
 
+class TimerHandle(asyncio.TimerHandle):
+    """asyncio.TimerHandle with a native cancel(); what oxloop's call_later
+    and call_at return."""
+
 class Engine:
     """The native core of every oxloop loop: ready queue, timers, fd watchers
     and the iteration. Subclassed by `oxloop.Loop`, which adds asyncio's API."""
@@ -38,14 +42,14 @@ class Engine:
         callback: Callable[[Unpack[_Ts]], object],
         *args: *_Ts,
         context: contextvars.Context | None = None,
-    ) -> asyncio.TimerHandle: ...
+    ) -> TimerHandle: ...
     def call_at(
         self,
         when: float,
         callback: Callable[[Unpack[_Ts]], object],
         *args: *_Ts,
         context: contextvars.Context | None = None,
-    ) -> asyncio.TimerHandle: ...
+    ) -> TimerHandle: ...
     def _write_to_self(self) -> None: ...
     def _add_callback(self, handle: asyncio.Handle) -> None: ...
     def _timer_handle_cancelled(self, handle: asyncio.TimerHandle) -> None: ...

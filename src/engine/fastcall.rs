@@ -1,7 +1,8 @@
 //! The engine's hottest methods as raw C methods: `call_soon`,
 //! `call_soon_threadsafe`, `call_later` and `call_at` (`METH_FASTCALL |
 //! METH_KEYWORDS`), `get_debug` and `time` (`METH_NOARGS`) and
-//! `_timer_handle_cancelled` (`METH_O`).
+//! `_timer_handle_cancelled` (`METH_O`); and `cancel` (`METH_NOARGS`) of the
+//! TimerHandle class the loop makes ([`handle::cancel_timer`]).
 //!
 //! Every task step and every future's wake-up is a
 //! `loop.call_soon(callback, arg, context=ctx)` made by asyncio's C code,
@@ -18,6 +19,7 @@
 //! reference released later, from PyO3's pool: the code behind these entry
 //! points lets go of objects as `Bound` (an immediate `Py_DECREF`).
 
+use super::handle;
 use super::loop_::Engine;
 use super::timers::monotonic;
 use pyo3::exceptions::{PySystemError, PyTypeError};
@@ -32,10 +34,10 @@ use std::sync::atomic::{AtomicPtr, Ordering::Relaxed};
 
 /// The method definitions, which CPython keeps pointers to for as long as
 /// the interpreter lives.
-struct Methods([ffi::PyMethodDef; 7]);
+struct Methods<const N: usize>([ffi::PyMethodDef; N]);
 
 // SAFETY: the definitions are an immutable static; CPython only reads them.
-unsafe impl Sync for Methods {}
+unsafe impl<const N: usize> Sync for Methods<N> {}
 
 const fn def(name: &'static CStr, meth: ffi::PyMethodDefPointer, flags: c_int) -> ffi::PyMethodDef {
     ffi::PyMethodDef {
@@ -57,7 +59,7 @@ const fn simple(name: &'static CStr, meth: ffi::PyCFunction, flags: c_int) -> ff
     def(name, ffi::PyMethodDefPointer { PyCFunction: meth }, flags)
 }
 
-static METHODS: Methods = Methods([
+static METHODS: Methods<7> = Methods([
     fastcall(c"call_soon", call_soon),
     fastcall(c"call_soon_threadsafe", call_soon_threadsafe),
     fastcall(c"call_later", call_later),
@@ -71,22 +73,36 @@ static METHODS: Methods = Methods([
     ),
 ]);
 
+static TIMER_METHODS: Methods<1> = Methods([simple(c"cancel", timer_cancel, ffi::METH_NOARGS)]);
+
 /// Adds the raw methods to the engine's class.
 pub fn install(engine: &Bound<'_, PyType>) -> PyResult<()> {
-    let py = engine.py();
-    for def in &METHODS.0 {
+    add_methods(engine, &METHODS)
+}
+
+/// Adds the native `cancel` to the TimerHandle class the loop makes.
+pub fn install_timer(timer: &Bound<'_, PyType>) -> PyResult<()> {
+    add_methods(timer, &TIMER_METHODS)
+}
+
+fn add_methods<const N: usize>(
+    cls: &Bound<'_, PyType>,
+    methods: &'static Methods<N>,
+) -> PyResult<()> {
+    let py = cls.py();
+    for def in &methods.0 {
         // SAFETY: the definition is a static that outlives the descriptor;
         // CPython never writes through the pointer. The result is a new
         // reference or NULL with an exception set.
         let descr = unsafe {
             Bound::from_owned_ptr_or_err(
                 py,
-                ffi::PyDescr_NewMethod(engine.as_ptr().cast(), (&raw const *def).cast_mut()),
+                ffi::PyDescr_NewMethod(cls.as_ptr().cast(), (&raw const *def).cast_mut()),
             )?
         };
         // SAFETY: ml_name is one of the C string literals above.
         let name = unsafe { CStr::from_ptr(def.ml_name) };
-        engine.setattr(name.to_string_lossy().as_ref(), descr)?;
+        cls.setattr(name.to_string_lossy().as_ref(), descr)?;
     }
     Ok(())
 }
@@ -208,9 +224,22 @@ unsafe extern "C" fn timer_handle_cancelled(
     }
 }
 
-/// Runs a method's `body` as CPython expects of a C method: its result as a
-/// new reference, or NULL with the exception set (a panic raises
-/// `PanicException`).
+/// `timer.cancel()` on the loop's TimerHandle class.
+unsafe extern "C" fn timer_cancel(
+    slf: *mut ffi::PyObject,
+    _: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls methods on an attached thread; the method
+    // descriptor checked that `slf` is an instance of the class.
+    unsafe {
+        c_method(slf, "cancel", |timer: &Bound<'_, PyAny>| {
+            handle::cancel_timer(timer)?;
+            Ok(PyNone::get(timer.py()).to_owned().into_any())
+        })
+    }
+}
+
+/// [`c_method`] for the engine's methods.
 ///
 /// # Safety
 /// `slf` is the instance of the engine's class CPython called the method
@@ -220,12 +249,27 @@ unsafe fn method<'py>(
     name: &str,
     body: impl FnOnce(&Bound<'py, Engine>) -> PyResult<Bound<'py, PyAny>>,
 ) -> *mut ffi::PyObject {
+    // SAFETY: forwarded from the caller; the cast is what it guarantees.
+    unsafe { c_method(slf, name, |slf| body(slf.cast_unchecked::<Engine>())) }
+}
+
+/// Runs a method's `body` as CPython expects of a C method: its result as a
+/// new reference, or NULL with the exception set (a panic raises
+/// `PanicException`).
+///
+/// # Safety
+/// `slf` is the object CPython called the method on, on an attached thread.
+unsafe fn c_method<'py>(
+    slf: *mut ffi::PyObject,
+    name: &str,
+    body: impl FnOnce(&Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>>,
+) -> *mut ffi::PyObject {
     // SAFETY: CPython calls methods on an attached thread.
     let py: Python<'py> = unsafe { Python::assume_attached() };
     let run = AssertUnwindSafe(|| {
-        // SAFETY: see the function's safety section.
-        let engine = unsafe { Borrowed::from_ptr(py, slf).cast_unchecked::<Engine>() };
-        body(&engine)
+        // SAFETY: `slf` is live for the call (see the function's safety section).
+        let slf = unsafe { Borrowed::from_ptr(py, slf) };
+        body(&slf)
     });
     let result = catch_unwind(run)
         .unwrap_or_else(|_| Err(PanicException::new_err(format!("panic in {name}"))));

@@ -1,9 +1,12 @@
 //! asyncio's own `Handle` and `TimerHandle`, made and run from Rust.
 //!
-//! The loop hands out real `asyncio.Handle`/`asyncio.TimerHandle` instances,
-//! so `isinstance` checks, `repr`, `cancel()` and debug tracebacks behave as in
-//! asyncio. Outside debug mode they are built and read through their
-//! `__slots__` directly: no `__init__`, no attribute lookups on the hot path.
+//! The loop hands out real `asyncio.Handle` instances and instances of
+//! [`TIMER_NAME`], a slot-less subclass of `asyncio.TimerHandle` whose only
+//! change is a native `cancel()` ([`cancel_timer`]: asyncio's two Python
+//! methods took most of a `call_later(...).cancel()`), so `isinstance`
+//! checks, `repr`, `cancel()` and debug tracebacks behave as in asyncio.
+//! Outside debug mode they are built and read through their `__slots__`
+//! directly: no `__init__`, no attribute lookups on the hot path.
 //!
 //! Queued handles only the loop holds are kept out of the garbage collector's
 //! lists ([`untrack_if_owned`]): a busy loop holds thousands, each with its
@@ -16,15 +19,22 @@
 use pyo3::exceptions::{PyImportError, PyKeyboardInterrupt, PySystemExit};
 use pyo3::ffi;
 use pyo3::gc::PyVisit;
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyTuple, PyType};
+use pyo3::types::{PyDict, PyTuple, PyType};
 use pyo3::PyTraverseError;
 
-/// Byte offsets of the slots of asyncio's handle classes.
+/// The name of the TimerHandle class the loop makes (in `oxloop._oxloop`).
+pub const TIMER_NAME: &str = "TimerHandle";
+
+/// The handle classes and the byte offsets of their slots.
 struct Layout {
     handle: Py<PyType>,
+    /// oxloop's TimerHandle: what the loop makes and reuses.
     timer: Py<PyType>,
+    /// `asyncio.TimerHandle`, for what Python code passes in.
+    asyncio_timer: Py<PyType>,
     callback: isize,
     args: isize,
     cancelled: isize,
@@ -39,8 +49,8 @@ struct Layout {
 static LAYOUT: PyOnceLock<Layout> = PyOnceLock::new();
 
 impl Layout {
-    /// Whether `p` is exactly asyncio's Handle or TimerHandle (so the slot
-    /// offsets are valid for it).
+    /// Whether `p` is exactly a Handle or a TimerHandle the loop makes (so
+    /// the slot offsets are valid for it).
     ///
     /// # Safety
     /// `p` must be a live object.
@@ -67,7 +77,18 @@ fn layout(py: Python<'_>) -> PyResult<&'static Layout> {
     LAYOUT.get_or_try_init(py, || {
         let events = py.import("asyncio.events")?;
         let handle = events.getattr("Handle")?.cast_into::<PyType>()?;
-        let timer = events.getattr("TimerHandle")?.cast_into::<PyType>()?;
+        let asyncio_timer = events.getattr("TimerHandle")?.cast_into::<PyType>()?;
+        let namespace = PyDict::new(py);
+        namespace.set_item("__slots__", ())?;
+        namespace.set_item("__module__", "oxloop._oxloop")?;
+        namespace.set_item(
+            "__doc__",
+            "asyncio.TimerHandle with a native cancel(); what oxloop's call_later and call_at return.",
+        )?;
+        let timer = py
+            .get_type::<PyType>()
+            .call1((TIMER_NAME, (&asyncio_timer,), namespace))?
+            .cast_into::<PyType>()?;
         Ok(Layout {
             callback: offset(&handle, "_callback")?,
             args: offset(&handle, "_args")?,
@@ -80,13 +101,15 @@ fn layout(py: Python<'_>) -> PyResult<&'static Layout> {
             when: offset(&timer, "_when")?,
             handle: handle.unbind(),
             timer: timer.unbind(),
+            asyncio_timer: asyncio_timer.unbind(),
         })
     })
 }
 
-/// Checks once, at import, that asyncio's handle classes have the expected slots.
-pub fn init(py: Python<'_>) -> PyResult<()> {
-    layout(py).map(drop)
+/// Checks once, at import, that asyncio's handle classes have the expected
+/// slots; returns the TimerHandle class the loop makes, for its `cancel`.
+pub fn init(py: Python<'_>) -> PyResult<Bound<'_, PyType>> {
+    Ok(layout(py)?.timer.bind(py).clone())
 }
 
 /// The slot at `off` inside `obj`.
@@ -135,9 +158,9 @@ impl FreeList {
         }
     }
 
-    /// Whether a handle of this kind would be kept.
-    pub fn has_room(&self, timer: bool) -> bool {
-        (if timer { &self.timers } else { &self.handles }).len() < FREE_LIST_CAP
+    /// How many more handles of this kind would be kept.
+    pub fn room(&self, timer: bool) -> usize {
+        FREE_LIST_CAP.saturating_sub((if timer { &self.timers } else { &self.handles }).len())
     }
 
     /// Keeps a stripped handle; gives it back when full.
@@ -190,8 +213,26 @@ pub fn reusable(h: &Bound<'_, PyAny>) -> Option<bool> {
     (!unsafe { weakly_referenced(p, tp) }).then_some(timer)
 }
 
+/// Lets go of a handle the loop is done with: stripped for the free list
+/// when it is [`reusable`] and `room` (how many more handles of its kind the
+/// list takes, indexed by "is a TimerHandle") has a place, which it takes;
+/// otherwise tracked again ([`retrack`]) and handed back.
+pub fn spend<'py>(h: Bound<'py, PyAny>, room: &mut [usize; 2]) -> Result<Spent, Bound<'py, PyAny>> {
+    let place = reusable(&h).filter(|&timer| room[usize::from(timer)] > 0);
+    match place {
+        Some(timer) => {
+            room[usize::from(timer)] -= 1;
+            Ok(strip(h, timer))
+        }
+        None => {
+            retrack(&h);
+            Err(h)
+        }
+    }
+}
+
 /// Strips a [`reusable`] handle of what it refers to, for [`FreeList::give`].
-pub fn strip(h: Bound<'_, PyAny>, timer: bool) -> Spent {
+fn strip(h: Bound<'_, PyAny>, timer: bool) -> Spent {
     let py = h.py();
     let p = h.as_ptr();
     let none = ffi_none();
@@ -425,8 +466,45 @@ pub fn is_cancelled(h: &Bound<'_, PyAny>) -> bool {
 /// Python code can pass any object to `_timer_handle_cancelled`.
 pub fn is_scheduled(h: &Bound<'_, PyAny>) -> bool {
     LAYOUT.get(h.py()).is_some_and(|l| {
-        h.is_instance(l.timer.bind(h.py())).unwrap_or(false) && read_bool(h, l.scheduled)
+        h.is_instance(l.asyncio_timer.bind(h.py())).unwrap_or(false) && read_bool(h, l.scheduled)
     })
+}
+
+/// `TimerHandle.cancel()` with asyncio's steps (`TimerHandle.cancel`, then
+/// `Handle.cancel`), its method lookups on the loop included, so a loop
+/// subclass or instance attribute that replaces them is called as on asyncio.
+///
+/// `h` must be an instance of the class [`init`] returns.
+pub fn cancel_timer(h: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = h.py();
+    let l = layout(py)?;
+    if read_bool(h, l.cancelled) {
+        return Ok(());
+    }
+    let loop_ = h.getattr(intern!(py, "_loop"))?;
+    loop_.call_method1(intern!(py, "_timer_handle_cancelled"), (h,))?;
+    if read_bool(h, l.cancelled) {
+        return Ok(());
+    }
+    let p = h.as_ptr();
+    // SAFETY: `h` is one of the loop's TimerHandles (the method descriptor
+    // checked its type), so the offsets are its slots, which take any object.
+    unsafe { put(p, l.cancelled, ffi_bool(true)) };
+    if loop_.call_method0(intern!(py, "get_debug"))?.is_truthy()? {
+        // Kept in debug mode so slow-callback warnings still name the callback.
+        let repr = h.repr()?;
+        // SAFETY: as above.
+        unsafe { put(p, l.repr, repr.as_ptr()) };
+    }
+    // SAFETY: as above; the old values are released when `released` drops,
+    // after the handle no longer refers to them.
+    let released = [l.callback, l.args].map(|off| unsafe {
+        ffi::Py_INCREF(ffi_none());
+        let old = std::mem::replace(&mut *slot(p, off), ffi_none());
+        Bound::from_owned_ptr_or_opt(py, old)
+    });
+    drop(released);
+    Ok(())
 }
 
 /// Sets `timer._scheduled`, as asyncio does when a timer enters or leaves the heap.

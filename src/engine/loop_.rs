@@ -476,9 +476,19 @@ impl Engine {
             if poll {
                 st.polled = Some(now);
             }
+            let mut room = [st.free.room(false), st.free.room(true)];
             drop(st);
-            for t in dropped {
-                handle::retrack(t.bind(py));
+            // Cancelled timers (a finished `asyncio.timeout`'s) are reused too.
+            let spent: Vec<_> = dropped
+                .into_iter()
+                .filter_map(|t| handle::spend(t.into_bound(py), &mut room).ok())
+                .collect();
+            if !spent.is_empty() {
+                let full: Vec<_> = {
+                    let mut st = this.state.lock();
+                    spent.into_iter().filter_map(|s| st.free.give(s)).collect()
+                };
+                drop(full);
             }
             (timeout, events, poll)
         };
@@ -496,10 +506,10 @@ impl Engine {
         // next one is popped: one lock for both.
         let mut spent = None;
         for _ in 0..ntodo {
-            let (next, room, full) = {
+            let (next, mut room, full) = {
                 let mut st = this.state.lock();
                 let full = spent.take().and_then(|s| st.free.give(s));
-                let room = [st.free.has_room(false), st.free.has_room(true)];
+                let room = [st.free.room(false), st.free.room(true)];
                 let next = st.ready.pop_front();
                 if let Some(Ready::Callback(h)) = &next {
                     // Another thread scheduled it during this iteration:
@@ -524,10 +534,7 @@ impl Engine {
             } else {
                 Self::run_handle(slf, &h)
             };
-            match handle::reusable(&h).filter(|t| room[usize::from(*t)]) {
-                Some(timer) => spent = Some(handle::strip(h, timer)),
-                None => handle::retrack(&h),
-            }
+            spent = handle::spend(h, &mut room).ok();
             ran?;
         }
         let full = spent.and_then(|s| this.state.lock().free.give(s));
