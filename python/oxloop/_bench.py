@@ -68,6 +68,17 @@ def b_call_later_cancel(loop, n):
     loop.run_forever()
 
 
+def b_timeout(loop, n):
+    # What every finished asyncio.timeout() / wait_for() costs: a timer set,
+    # then cancelled (the step in between is a sleep(0)).
+    async def main():
+        for _ in range(n):
+            async with asyncio.timeout(3600):
+                await asyncio.sleep(0)
+
+    loop.run_until_complete(main())
+
+
 def b_create_task(loop, n):
     async def child():
         pass
@@ -290,6 +301,7 @@ BENCHMARKS = {
     "call_soon": (b_call_soon, 200_000),
     "call_later fire": (b_call_later_fire, 100_000),
     "call_later cancel": (b_call_later_cancel, 100_000),
+    "asyncio.timeout around sleep(0)": (b_timeout, 50_000),
     "create_task+await": (b_create_task, 50_000),
     "future ping-pong": (b_future_pingpong, 50_000),
     "sleep(0)": (b_sleep0, 100_000),
