@@ -277,6 +277,31 @@ def test_sock_recv_and_sendall_at_once_on_one_socket(loop):
     b.close()
 
 
+def test_sock_recv_through_bulk_and_small_reads(loop):
+    a, b = nonblocking_pair()
+    big = os.urandom(3 * 1024 * 1024)
+
+    async def main():
+        # Bulk transfers (reads of 64 KiB and more) and small messages in
+        # turn on one socket, and a read smaller than what is waiting.
+        for size in (100, 256 * 1024):
+            sender = asyncio.ensure_future(loop.sock_sendall(a, big))
+            got = bytearray()
+            while len(got) < len(big):
+                chunk = await loop.sock_recv(b, size)
+                assert 0 < len(chunk) <= size
+                got += chunk
+            await sender
+            assert bytes(got) == big
+            await loop.sock_sendall(a, b"small")
+            assert await loop.sock_recv(b, 256 * 1024) == b"small"
+        a.close()
+        assert await loop.sock_recv(b, 256 * 1024) == b""
+
+    loop.run_until_complete(asyncio.wait_for(main(), 20))
+    b.close()
+
+
 def test_blocking_socket_is_refused_in_debug(loop):
     a, b = socket.socketpair()
     loop.set_debug(True)

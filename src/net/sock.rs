@@ -9,10 +9,7 @@
 use crate::engine::handle;
 use crate::engine::loop_::Engine;
 use crate::engine::watchers::{IoTarget, Side, Watcher};
-use crate::net::{
-    os_error, read_copied, read_new_bytes, read_raw, send, with_bytes, would_block, writable,
-    FdKind, MAX_READ,
-};
+use crate::net::{os_error, read_raw, recv_bytes, send, with_bytes, would_block, writable, FdKind};
 use parking_lot::Mutex;
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyStopIteration, PyTypeError, PyValueError};
@@ -98,8 +95,7 @@ impl SockOp {
     /// One try of the syscall.
     fn attempt<'py>(&self, py: Python<'py>, fd: RawFd) -> PyResult<Attempt<'py>> {
         let result: io::Result<Bound<'py, PyAny>> = match &self.kind {
-            Kind::Recv(n) if *n <= MAX_READ => read_copied(py, fd, *n).map(Bound::into_any),
-            Kind::Recv(n) => read_new_bytes(py, fd, *n).map(Bound::into_any),
+            Kind::Recv(n) => recv_bytes(py, fd, *n).map(Bound::into_any),
             Kind::RecvInto(buf) => {
                 let buf = PyBuffer::<u8>::get(buf.bind(py))?;
                 let (ptr, len) = writable(&buf).ok_or_else(|| {

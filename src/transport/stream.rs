@@ -15,8 +15,8 @@ use crate::engine::handle;
 use crate::engine::loop_::Engine;
 use crate::engine::watchers::{IoTarget, Side, Watcher};
 use crate::net::{
-    os_error, read_appended, read_copied, read_new_bytes, read_raw, send, with_bytes, would_block,
-    writable, FdKind, MAX_READ,
+    bulk_size, os_error, read_appended, read_bytes, read_raw, send, with_bytes, would_block,
+    writable, FdKind, BULK_READ, MAX_READ,
 };
 use parking_lot::Mutex;
 use pyo3::buffer::PyBuffer;
@@ -32,9 +32,6 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
-/// A read at least this large marks a bulk transfer: the next read goes
-/// straight into a `bytes` sized by what the socket holds, sparing a copy.
-const BULK_READ: usize = 64 * 1024;
 /// asyncio's `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
 const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
 
@@ -212,28 +209,14 @@ impl StreamCore {
         }
     }
 
-    /// How much to read, and whether straight into the target: during a bulk
-    /// transfer, what the socket holds.
-    fn read_size(&self) -> io::Result<(usize, bool)> {
-        let pending = if self.last_read.load(Relaxed) >= BULK_READ {
-            readable_bytes(self.fd)?
-        } else {
-            0
-        };
-        Ok(if pending >= BULK_READ {
-            (pending.min(MAX_READ), true)
-        } else {
-            (MAX_READ, false)
-        })
+    /// Whether the last read was a bulk one (see [`bulk_size`]).
+    fn bulk(&self) -> bool {
+        self.last_read.load(Relaxed) >= BULK_READ
     }
 
-    /// Reads one `bytes`: during a bulk transfer straight into it, otherwise
-    /// through the shared buffer. `None` at EOF.
+    /// Reads one `bytes` ([`read_bytes`]). `None` at EOF.
     fn read_bytes<'py>(&self, py: Python<'py>) -> io::Result<Option<Bound<'py, PyBytes>>> {
-        let data = match self.read_size()? {
-            (len, true) => read_new_bytes(py, self.fd, len)?,
-            (len, false) => read_copied(py, self.fd, len)?,
-        };
+        let data = read_bytes(py, self.fd, MAX_READ, self.bulk())?;
         let n = data.as_bytes().len();
         self.last_read.store(n, Relaxed);
         Ok((n > 0).then_some(data))
@@ -270,9 +253,10 @@ impl StreamCore {
     ) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let read = this
-            .read_size()
-            .and_then(|(len, direct)| read_appended(buffer, this.fd, len, direct));
+        let read = bulk_size(this.fd, this.bulk(), MAX_READ).and_then(|direct| match direct {
+            Some(len) => read_appended(buffer, this.fd, len, true),
+            None => read_appended(buffer, this.fd, MAX_READ, false),
+        });
         if let Ok(n) = read {
             this.last_read.store(n, Relaxed);
         }
@@ -417,16 +401,6 @@ impl StreamCore {
         }
         Ok(())
     }
-}
-
-/// How many bytes wait in the socket's receive queue (`FIONREAD`).
-fn readable_bytes(fd: RawFd) -> io::Result<usize> {
-    let mut n: libc::c_int = 0;
-    // SAFETY: FIONREAD writes one int through the pointer, which is live.
-    if unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(n.max(0) as usize)
 }
 
 fn shutdown_write(fd: RawFd) -> PyResult<()> {
