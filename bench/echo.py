@@ -35,9 +35,13 @@ from common import (
 
 HERE = Path(__file__).resolve().parent
 LOADGEN = HERE / "loadgen" / "target" / "release" / "oxloop-loadgen"
-#: The Rust epoll echo server (bench/loadgen/src/bin): the floor of CPU per request.
-REFERENCE = HERE / "loadgen" / "target" / "release" / "oxloop-reference-server"
-#: The kinds the reference server stands beside (it has no Python API).
+#: The Rust echo servers (bench/loadgen/src/bin), no Python: the floor of CPU
+#: per request with epoll readiness, and with io_uring completions.
+REFERENCES = {
+    "reference": HERE / "loadgen" / "target" / "release" / "oxloop-reference-server",
+    "io_uring ref": HERE / "loadgen" / "target" / "release" / "oxloop-uring-reference-server",
+}
+#: The kinds the reference servers stand beside (they have no Python API).
 REFERENCE_KINDS = ("protocol", "buffered")
 
 
@@ -57,9 +61,9 @@ def build_loadgen() -> None:
 
 
 def echo_server(name: str, kind: str) -> tuple[subprocess.Popen, int]:
-    """The echo server of loop `name` (or the reference server) for `kind`."""
-    if name == "reference":
-        return start_command(str(REFERENCE))
+    """The echo server of loop `name` (or of a reference server) for `kind`."""
+    if name in REFERENCES:
+        return start_command(str(REFERENCES[name]))
     return start_server(HERE / "echo_server.py", name, kind)
 
 
@@ -108,10 +112,10 @@ def table(loops: list[str], kinds, sizes, conns, seconds: float, rounds: int) ->
         f"Python {sys.version.split()[0]}; TCP echo, server CPU µs/request (ratio to {base}), "
         f"requests/s, p50/p99 µs; median of {rounds} windows of {seconds} s"
     )
-    header = [*loops, "reference"]
+    header = [*loops, *REFERENCES]
     print(f"{'kind':<9}{'size':>7}{'conns':>6}  " + "".join(f"{name:>36}" for name in header))
     for kind in kinds:
-        names = [*loops, "reference"] if kind in REFERENCE_KINDS else loops
+        names = [*loops, *REFERENCES] if kind in REFERENCE_KINDS else loops
         for size in sizes:
             with Servers(names, echo_server, kind) as servers:
                 for n in conns:

@@ -133,7 +133,7 @@ def chart(results: dict, loops: list[str], base: str, path: Path) -> None:
 def report(results: dict, loops: list[str], base: str, png: str) -> str:
     info = results["machine"]
     micro_rows = list(results["micro"].items())
-    echo_loops = [*loops, "reference"]
+    echo_loops = [*loops, *echo.REFERENCES]
     echo_rows = [
         (
             f"{cell['kind']} | {size_label(cell['size'])} | {cell['conns']}",
@@ -192,8 +192,10 @@ Raw figures: [benchmarks.json](benchmarks.json).
 ## TCP echo: server CPU µs per request (ratio to {base}), lower is better
 {ratio_table(["kind", "size", "conns"], echo_rows, echo_loops, base, min)}
 
-"reference" is bench/loadgen's Rust epoll echo server (no Python): the floor for the
-Protocol and BufferedProtocol servers.
+"reference" and "io_uring ref" are bench/loadgen's Rust echo servers (no Python): the
+floor for the Protocol and BufferedProtocol servers, waiting with epoll (a read and a
+send per request) and with io_uring (a receive and a send per request in flight, all
+of one pass submitted in one `io_uring_enter`).
 
 ## TCP echo: requests/s (ratio to {base})
 {ratio_table(["kind", "size", "conns"], rps_rows, loops, base, max)}

@@ -1,4 +1,5 @@
-//! What the load generator and the reference server share: a thin epoll.
+//! What the load generator and the reference servers share: a thin epoll
+//! and pinning to a CPU.
 
 use std::io;
 use std::os::fd::RawFd;
@@ -64,4 +65,18 @@ impl Drop for Epoll {
         // SAFETY: the fd is this instance's own and closed only here.
         unsafe { libc::close(self.fd) };
     }
+}
+
+/// Pins the calling process to `cpu`.
+pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it; the
+    // result of sched_setaffinity is checked.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }

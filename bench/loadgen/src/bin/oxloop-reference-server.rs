@@ -7,7 +7,7 @@
 //!
 //! Pins itself to CPU, prints its port, serves until killed.
 
-use oxloop_loadgen::{Epoll, NO_EVENT};
+use oxloop_loadgen::{pin_to_cpu, Epoll, NO_EVENT};
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -64,16 +64,7 @@ fn main() -> io::Result<()> {
         eprintln!("usage: oxloop-reference-server CPU");
         std::process::exit(2);
     };
-    let cpu: usize = cpu.parse().expect("cpu");
-    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it; the
-    // result of sched_setaffinity is checked.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
+    pin_to_cpu(cpu.parse().expect("cpu"))?;
     let listener = TcpListener::bind(("127.0.0.1", 0))?;
     listener.set_nonblocking(true)?;
     println!("{}", listener.local_addr()?.port());
