@@ -136,6 +136,26 @@ unsafe fn put(obj: *mut ffi::PyObject, off: isize, value: *mut ffi::PyObject) {
     }
 }
 
+/// Sets the slots at `offs` to None and hands back what they held, to be
+/// released once the handle no longer refers to it (releasing may run a
+/// finalizer that looks at the handle).
+///
+/// # Safety
+/// As for [`slot`], for every offset.
+unsafe fn clear<'py, const N: usize>(
+    py: Python<'py>,
+    obj: *mut ffi::PyObject,
+    offs: [isize; N],
+) -> [Option<Bound<'py, PyAny>>; N] {
+    // SAFETY: guaranteed by the caller; each old value (possibly NULL) was a
+    // strong reference owned by the object, now owned by the result.
+    offs.map(|off| unsafe {
+        ffi::Py_INCREF(ffi_none());
+        let old = std::mem::replace(&mut *slot(obj, off), ffi_none());
+        Bound::from_owned_ptr_or_opt(py, old)
+    })
+}
+
 /// How many spent handles of each kind a loop keeps for reuse.
 const FREE_LIST_CAP: usize = 1024;
 
@@ -235,21 +255,19 @@ pub fn spend<'py>(h: Bound<'py, PyAny>, room: &mut [usize; 2]) -> Result<Spent, 
 fn strip(h: Bound<'_, PyAny>, timer: bool) -> Spent {
     let py = h.py();
     let p = h.as_ptr();
-    let none = ffi_none();
     if let Some(l) = LAYOUT.get(py) {
         // SAFETY: `h` is exactly a Handle/TimerHandle (see `reusable`), whose
         // context slot holds an object or NULL; the context must be tracked
         // before it is released below.
         unsafe { track_again(*slot(p, l.context)) };
-        // SAFETY: as above; slots take any object. The previous values are
-        // released when `released` drops, after the handle no longer refers
-        // to them.
-        let released =
-            [l.callback, l.args, l.context, l.source_traceback, l.repr].map(|off| unsafe {
-                ffi::Py_INCREF(none);
-                let old = std::mem::replace(&mut *slot(p, off), none);
-                Bound::from_owned_ptr_or_opt(py, old)
-            });
+        // SAFETY: as above; slots take any object.
+        let released = unsafe {
+            clear(
+                py,
+                p,
+                [l.callback, l.args, l.context, l.source_traceback, l.repr],
+            )
+        };
         // SAFETY: as above; a spare is handed out tracked, like a new handle.
         unsafe {
             put(p, l.cancelled, ffi_bool(false));
@@ -496,14 +514,8 @@ pub fn cancel_timer(h: &Bound<'_, PyAny>) -> PyResult<()> {
         // SAFETY: as above.
         unsafe { put(p, l.repr, repr.as_ptr()) };
     }
-    // SAFETY: as above; the old values are released when `released` drops,
-    // after the handle no longer refers to them.
-    let released = [l.callback, l.args].map(|off| unsafe {
-        ffi::Py_INCREF(ffi_none());
-        let old = std::mem::replace(&mut *slot(p, off), ffi_none());
-        Bound::from_owned_ptr_or_opt(py, old)
-    });
-    drop(released);
+    // SAFETY: as above.
+    drop(unsafe { clear(py, p, [l.callback, l.args]) });
     Ok(())
 }
 
