@@ -253,9 +253,13 @@ impl StreamCore {
     ) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let read = bulk_size(this.fd, this.bulk(), MAX_READ).and_then(|direct| match direct {
-            Some(len) => read_appended(buffer, this.fd, len, true),
-            None => read_appended(buffer, this.fd, MAX_READ, false),
+        let read = bulk_size(this.fd, this.bulk(), MAX_READ).and_then(|direct| {
+            read_appended(
+                buffer,
+                this.fd,
+                direct.unwrap_or(MAX_READ),
+                direct.is_some(),
+            )
         });
         if let Ok(n) = read {
             this.last_read.store(n, Relaxed);
