@@ -1,7 +1,8 @@
 //! What the load generator and the reference servers share: a thin epoll
-//! and pinning to a CPU.
+//! and a server's pinned start-up.
 
 use std::io;
+use std::net::TcpListener;
 use std::os::fd::RawFd;
 
 /// An epoll instance (level- or edge-triggered as the events given say).
@@ -67,8 +68,23 @@ impl Drop for Epoll {
     }
 }
 
+/// What a reference server does first: takes the CPU from its one argument
+/// (exiting with the usage line otherwise), pins itself to it, listens on a
+/// free loopback port and prints the port.
+pub fn listen_pinned(name: &str) -> io::Result<TcpListener> {
+    let args: Vec<String> = std::env::args().collect();
+    let [_, cpu] = &args[..] else {
+        eprintln!("usage: {name} CPU");
+        std::process::exit(2);
+    };
+    pin_to_cpu(cpu.parse().expect("cpu"))?;
+    let listener = TcpListener::bind(("127.0.0.1", 0))?;
+    println!("{}", listener.local_addr()?.port());
+    Ok(listener)
+}
+
 /// Pins the calling process to `cpu`.
-pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+fn pin_to_cpu(cpu: usize) -> io::Result<()> {
     // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it; the
     // result of sched_setaffinity is checked.
     unsafe {

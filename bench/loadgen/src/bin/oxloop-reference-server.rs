@@ -7,10 +7,10 @@
 //!
 //! Pins itself to CPU, prints its port, serves until killed.
 
-use oxloop_loadgen::{pin_to_cpu, Epoll, NO_EVENT};
+use oxloop_loadgen::{listen_pinned, Epoll, NO_EVENT};
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 
 /// One client and what it has not been sent back yet.
@@ -59,15 +59,8 @@ fn serve(conn: &mut Conn, epoll: &Epoll, buf: &mut [u8], readable: bool) -> io::
 }
 
 fn main() -> io::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let [_, cpu] = &args[..] else {
-        eprintln!("usage: oxloop-reference-server CPU");
-        std::process::exit(2);
-    };
-    pin_to_cpu(cpu.parse().expect("cpu"))?;
-    let listener = TcpListener::bind(("127.0.0.1", 0))?;
+    let listener = listen_pinned("oxloop-reference-server")?;
     listener.set_nonblocking(true)?;
-    println!("{}", listener.local_addr()?.port());
     let epoll = Epoll::new()?;
     let lfd = listener.as_raw_fd();
     epoll.ctl(libc::EPOLL_CTL_ADD, lfd, libc::EPOLLIN, lfd as u64)?;

@@ -11,10 +11,9 @@
 //! Pins itself to CPU, prints its port, serves until killed.
 
 use io_uring::{opcode, squeue, types, IoUring};
-use oxloop_loadgen::pin_to_cpu;
+use oxloop_loadgen::listen_pinned;
 use std::collections::HashMap;
 use std::io;
-use std::net::TcpListener;
 use std::os::fd::{AsRawFd, RawFd};
 
 const BUF: usize = 256 * 1024;
@@ -84,14 +83,7 @@ fn close(conns: &mut HashMap<RawFd, Conn>, fd: RawFd) {
 }
 
 fn main() -> io::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let [_, cpu] = &args[..] else {
-        eprintln!("usage: oxloop-uring-reference-server CPU");
-        std::process::exit(2);
-    };
-    pin_to_cpu(cpu.parse().expect("cpu"))?;
-    let listener = TcpListener::bind(("127.0.0.1", 0))?;
-    println!("{}", listener.local_addr()?.port());
+    let listener = listen_pinned("oxloop-uring-reference-server")?;
     let lfd = listener.as_raw_fd();
     // Completions run when this thread enters the kernel, as a loop's would.
     let mut ring = IoUring::builder()
