@@ -1,14 +1,16 @@
 //! `oxloop._oxloop`: the Rust engine of the oxloop asyncio event loop.
 //! This file only registers; the layers live in `process`, `transport`,
-//! `net`, `engine` and `backend`.
+//! `engine`, `backend` and `net` (see docs/architecture.md).
 
-mod backend;
-mod engine;
-mod net;
-mod process;
+pub mod backend;
+pub mod engine;
+pub mod errors;
+pub mod net;
+pub mod process;
+pub mod sys;
 #[cfg(test)]
 mod testing;
-mod transport;
+pub mod transport;
 
 use pyo3::prelude::*;
 
@@ -16,15 +18,10 @@ use pyo3::prelude::*;
 /// (`engine::gil_cell`): a free-threaded interpreter keeps it on for oxloop.
 #[pymodule(gil_used = true)]
 fn _oxloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    let timer = engine::handle::init(m.py())?;
-    engine::fastcall::install_timer(&timer)?;
-    m.add(engine::handle::TIMER_NAME, timer)?;
-    engine::fork::install();
-    m.add_class::<engine::loop_::Engine>()?;
-    engine::fastcall::install(&m.py().get_type::<engine::loop_::Engine>())?;
+    engine::register(m)?;
     m.add_class::<transport::stream::StreamCore>()?;
     m.add_class::<transport::datagram::DatagramCore>()?;
-    m.add_class::<net::sock::SockOp>()?;
+    m.add_class::<transport::sock::SockOp>()?;
     m.add_function(wrap_pyfunction!(process::watch_child, m)?)?;
     Ok(())
 }

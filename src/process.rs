@@ -5,32 +5,34 @@
 //! watcher reaps the child then (`waitpid`, `WNOHANG`) and schedules the
 //! callback with its return code as asyncio computes it.
 
-use crate::engine::loop_::Engine;
-use crate::engine::watchers::{IoTarget, Side, Watcher};
-use crate::net::os_error;
+use crate::engine::{Engine, NativeWatcher, Side, Traverse, Watcher};
+use crate::errors::os_error;
+use crate::sys;
 use pyo3::gc::PyVisit;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::PyTraverseError;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::Arc;
 
 /// What asyncio reports when a child's status was reaped elsewhere.
 const UNKNOWN_STATUS: i32 = 255;
 
 /// One child's pidfd and the callback its return code goes to.
-struct ChildExit {
+#[pyclass(frozen, module = "oxloop._oxloop", name = "ChildWatch")]
+struct ChildWatch {
     engine: Py<Engine>,
     pidfd: OwnedFd,
     pid: libc::pid_t,
     callback: Py<PyAny>,
 }
 
-impl IoTarget for ChildExit {
-    fn on_ready(&self, py: Python<'_>, _side: Side) -> PyResult<()> {
-        let engine = self.engine.bind(py);
-        let returncode = match reap(self.pid) {
+impl NativeWatcher for ChildWatch {
+    fn on_ready(slf: &Bound<'_, Self>, _side: Side) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let engine = this.engine.bind(py);
+        let returncode = match reap(this.pid) {
             Ok(None) => return Ok(()),
             Ok(Some(code)) => code,
             Err(_) => {
@@ -39,7 +41,7 @@ impl IoTarget for ChildExit {
                     "warning",
                     (
                         "child process pid %d exit status already read:  will report returncode 255",
-                        self.pid,
+                        this.pid,
                     ),
                 )?;
                 UNKNOWN_STATUS
@@ -48,19 +50,21 @@ impl IoTarget for ChildExit {
         drop(
             engine
                 .get()
-                .set_watcher(self.pidfd.as_raw_fd(), Side::Read, None)?,
+                .set_watcher(this.pidfd.as_raw_fd(), Side::Read, None)?,
         );
         engine
             .call_method1(
                 intern!(py, "call_soon"),
-                (self.callback.bind(py), returncode),
+                (this.callback.bind(py), returncode),
             )
             .map(drop)
     }
+}
 
-    fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(&self.engine)?;
-        visit.call(&self.callback)
+#[pymethods]
+impl ChildWatch {
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        (&self.engine, &self.callback).traverse(&visit)
     }
 }
 
@@ -69,14 +73,10 @@ impl IoTarget for ChildExit {
 fn reap(pid: libc::pid_t) -> io::Result<Option<i32>> {
     let mut status = 0;
     // SAFETY: waitpid writes the status through a live pointer.
-    let got = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-    if got < 0 {
-        let err = io::Error::last_os_error();
-        if err.kind() == io::ErrorKind::Interrupted {
-            return reap(pid);
-        }
-        return Err(err);
-    }
+    let got = match sys::check(unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) }) {
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => return reap(pid),
+        got => got?,
+    };
     if got == 0 {
         return Ok(None);
     }
@@ -90,10 +90,7 @@ fn reap(pid: libc::pid_t) -> io::Result<Option<i32>> {
 /// `pidfd_open(2)`.
 fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
     // SAFETY: plain syscall; it returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, libc::PIDFD_NONBLOCK) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let fd = sys::check(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, libc::PIDFD_NONBLOCK) })?;
     // SAFETY: the kernel just gave us this fd and nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
@@ -114,16 +111,17 @@ pub fn watch_child(
         Err(e) => return Err(os_error(e)),
     };
     let fd = pidfd.as_raw_fd();
-    let target = ChildExit {
+    let watch = ChildWatch {
         engine: engine.clone().unbind(),
         pidfd,
         pid,
         callback,
     };
+    let watch = Bound::new(loop_.py(), watch)?;
     drop(
         engine
             .get()
-            .set_watcher(fd, Side::Read, Some(Watcher::Native(Arc::new(target))))?,
+            .set_watcher(fd, Side::Read, Some(Watcher::native(&watch)))?,
     );
     Ok(true)
 }

@@ -25,7 +25,14 @@ class DatagramTransport(selector_events._SelectorDatagramTransport):
         super().__init__(loop, sock, protocol, address, waiter, extra)
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             connected = bool(self._extra["peername"])
-            self._core = DatagramCore(loop, self._sock_fd, sock.family, connected, self)
+            self._core = DatagramCore(
+                loop, self._sock_fd, sock.family, connected, self, self._protocol
+            )
+
+    def set_protocol(self, protocol):
+        super().set_protocol(protocol)
+        if self._core is not None:
+            self._core.set_protocol(protocol)
 
     def _add_reader(self, fd, callback, *args):
         if self._core is not None and callback == self._read_ready:

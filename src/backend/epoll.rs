@@ -3,6 +3,7 @@
 
 use super::waker::Waker;
 use super::{timeout_ms, Backend, Event, Interest};
+use crate::sys;
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -29,14 +30,6 @@ pub struct Epoll {
     lone: bool,
 }
 
-fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
-}
-
 fn mask(interest: Interest) -> u32 {
     let mut m = 0;
     if interest.readable {
@@ -52,7 +45,7 @@ impl Epoll {
     /// Creates the epoll fd and registers `waker` in it.
     pub fn new(waker: Arc<Waker>) -> io::Result<Self> {
         // SAFETY: no memory arguments; the result is checked.
-        let fd = check(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
+        let fd = sys::check(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
         let mut this = Self {
             // SAFETY: `fd` was just created and is owned by nobody else.
             epfd: Some(unsafe { OwnedFd::from_raw_fd(fd) }),
@@ -75,7 +68,7 @@ impl Epoll {
             u64: fd as u64,
         };
         // SAFETY: `ev` is a live epoll_event for the duration of the call.
-        check(unsafe { libc::epoll_ctl(epfd, op, fd, &mut ev) }).map(drop)
+        sys::check(unsafe { libc::epoll_ctl(epfd, op, fd, &mut ev) }).map(drop)
     }
 
     /// Arms again the one-shot fds that were reported and are still watched
@@ -155,7 +148,7 @@ impl Backend for Epoll {
         self.buf.clear();
         // SAFETY: the buffer has room for MAX_EVENTS entries; the kernel
         // initialises the first `n` of them, and only those are read.
-        let n = check(unsafe {
+        let n = sys::check(unsafe {
             libc::epoll_wait(
                 epfd,
                 self.buf.as_mut_ptr(),
@@ -254,8 +247,8 @@ mod tests {
         let mut evs = Vec::new();
         ep.wait(Some(Duration::ZERO), &mut evs).unwrap();
         assert!(evs.is_empty());
-        // SAFETY: writes one byte from a static buffer.
         assert_eq!(
+            // SAFETY: writes one byte from a static buffer.
             unsafe { libc::write(b.as_raw_fd(), b"x".as_ptr().cast(), 1) },
             1
         );

@@ -7,6 +7,7 @@ pub mod epoll;
 pub mod pyselector;
 pub mod waker;
 
+use pyo3::prelude::*;
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::Arc;
@@ -71,6 +72,16 @@ pub trait Backend: Send {
     /// watching nothing. False when the backend keeps its state (a user's
     /// selector, whose state is the user's).
     fn reopen(&mut self, waker: Arc<waker::Waker>) -> io::Result<bool>;
+}
+
+/// The backend a loop waits on: the user's `selectors.BaseSelector` when one
+/// was passed to `SelectorEventLoop(selector)`, else the platform's native
+/// one; `waker` is registered in it.
+pub fn open(selector: Option<Py<PyAny>>, waker: Arc<waker::Waker>) -> PyResult<Box<dyn Backend>> {
+    Ok(match selector {
+        Some(s) => Box::new(pyselector::PySelector::new(s, waker)?),
+        None => Box::new(epoll::Epoll::new(waker)?),
+    })
 }
 
 /// Rounds a timeout up to whole milliseconds, as asyncio's selectors do, so a

@@ -1,5 +1,6 @@
 //! Waking a blocked backend from another thread (`call_soon_threadsafe`).
 
+use crate::sys;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,10 +16,7 @@ impl Waker {
     /// Opens a non-blocking, close-on-exec eventfd.
     pub fn new() -> io::Result<Self> {
         // SAFETY: eventfd has no memory arguments; the result is checked.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let fd = sys::check(unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) })?;
         Ok(Self {
             // SAFETY: `fd` was just opened and is owned by nobody else.
             fd: unsafe { OwnedFd::from_raw_fd(fd) },

@@ -351,10 +351,10 @@ impl<const N: usize> Call<N> {
         let method = self.method;
         let nargs = usize::try_from(self.nargs)
             .map_err(|_| PySystemError::new_err("negative argument count"))?;
-        // SAFETY: `args` holds nargs positional arguments (see above).
         let positional: &[*mut ffi::PyObject] = if nargs == 0 {
             &[]
         } else {
+            // SAFETY: `args` holds nargs positional arguments (see above).
             unsafe { std::slice::from_raw_parts(self.args, nargs) }
         };
         // NULL: not given.

@@ -16,7 +16,7 @@
 //! through a dropped loop is still collected, and a handle that leaves the
 //! loop is tracked again ([`retrack`], [`strip`]).
 
-use pyo3::exceptions::{PyImportError, PyKeyboardInterrupt, PySystemExit};
+use pyo3::exceptions::PyImportError;
 use pyo3::ffi;
 use pyo3::gc::PyVisit;
 use pyo3::intern;
@@ -156,67 +156,6 @@ unsafe fn clear<'py, const N: usize>(
     })
 }
 
-/// How many spent handles of each kind a loop keeps for reuse.
-const FREE_LIST_CAP: usize = 1024;
-
-/// Handles the loop held the last reference to, kept for reuse: most handles
-/// (a task's step, a fired timer) die right after they run, and reusing them
-/// saves an allocation, a deallocation and the garbage collector's counting.
-#[derive(Default)]
-pub struct FreeList {
-    handles: Vec<Py<PyAny>>,
-    timers: Vec<Py<PyAny>>,
-}
-
-impl FreeList {
-    /// A spent handle (a TimerHandle when `timer`), if one is kept.
-    pub fn take(&mut self, timer: bool) -> Option<Py<PyAny>> {
-        if timer {
-            self.timers.pop()
-        } else {
-            self.handles.pop()
-        }
-    }
-
-    /// How many more handles of this kind would be kept.
-    pub fn room(&self, timer: bool) -> usize {
-        FREE_LIST_CAP.saturating_sub((if timer { &self.timers } else { &self.handles }).len())
-    }
-
-    /// Keeps a stripped handle; gives it back when full.
-    pub fn give(&mut self, spent: Spent) -> Option<Py<PyAny>> {
-        let list = if spent.timer {
-            &mut self.timers
-        } else {
-            &mut self.handles
-        };
-        if list.len() < FREE_LIST_CAP {
-            list.push(spent.handle);
-            None
-        } else {
-            Some(spent.handle)
-        }
-    }
-
-    /// Every kept handle, for the garbage collector.
-    pub fn iter(&self) -> impl Iterator<Item = &Py<PyAny>> {
-        self.handles.iter().chain(self.timers.iter())
-    }
-
-    /// Removes every kept handle.
-    pub fn take_all(&mut self) -> Vec<Py<PyAny>> {
-        let mut all = std::mem::take(&mut self.handles);
-        all.append(&mut self.timers);
-        all
-    }
-}
-
-/// A handle stripped by [`strip`], ready for [`FreeList::give`].
-pub struct Spent {
-    handle: Py<PyAny>,
-    timer: bool,
-}
-
 /// Whether a handle that ran (or was skipped) can be reused, because nothing
 /// but the loop can still reach it: no other reference, no weak reference.
 /// Returns whether it is a TimerHandle.
@@ -233,26 +172,9 @@ pub fn reusable(h: &Bound<'_, PyAny>) -> Option<bool> {
     (!unsafe { weakly_referenced(p, tp) }).then_some(timer)
 }
 
-/// Lets go of a handle the loop is done with: stripped for the free list
-/// when it is [`reusable`] and `room` (how many more handles of its kind the
-/// list takes, indexed by "is a TimerHandle") has a place, which it takes;
-/// otherwise tracked again ([`retrack`]) and handed back.
-pub fn spend<'py>(h: Bound<'py, PyAny>, room: &mut [usize; 2]) -> Result<Spent, Bound<'py, PyAny>> {
-    let place = reusable(&h).filter(|&timer| room[usize::from(timer)] > 0);
-    match place {
-        Some(timer) => {
-            room[usize::from(timer)] -= 1;
-            Ok(strip(h, timer))
-        }
-        None => {
-            retrack(&h);
-            Err(h)
-        }
-    }
-}
-
-/// Strips a [`reusable`] handle of what it refers to, for [`FreeList::give`].
-fn strip(h: Bound<'_, PyAny>, timer: bool) -> Spent {
+/// Strips a [`reusable`] handle of what it refers to, for reuse as a new
+/// handle: what it held is released here, so finalizers may run.
+pub fn strip(h: &Bound<'_, PyAny>) {
     let py = h.py();
     let p = h.as_ptr();
     if let Some(l) = LAYOUT.get(py) {
@@ -277,14 +199,10 @@ fn strip(h: Bound<'_, PyAny>, timer: bool) -> Spent {
         }
         drop(released);
     }
-    Spent {
-        handle: h.unbind(),
-        timer,
-    }
 }
 
 /// Builds a `Handle` (or, with `when`, a `TimerHandle`) for `loop_`, reusing
-/// `spare` (taken from the loop's [`FreeList`]) when given.
+/// `spare` (taken from the loop's free list) when given.
 ///
 /// `debug` takes asyncio's own constructor, which records the caller's stack.
 pub fn new<'py>(
@@ -568,9 +486,4 @@ pub fn run(h: &Bound<'_, PyAny>) -> PyResult<()> {
         }
         result
     }
-}
-
-/// True for the exceptions asyncio lets escape from a callback.
-pub fn escapes(py: Python<'_>, err: &PyErr) -> bool {
-    err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py)
 }

@@ -1,23 +1,23 @@
-//! The engine: ready queue, timer heap, fd watchers and the iteration that
-//! drives them — asyncio's `BaseEventLoop._run_once`, in Rust.
+//! The engine: the iteration that drives the ready queue, the timers and the
+//! fd watchers — asyncio's `BaseEventLoop._run_once`, in Rust — and its
+//! Python surface.
 //!
 //! The Python class `oxloop.Loop` derives from [`Engine`] and adds asyncio's
 //! pure-Python orchestration (run_until_complete, executors, exception
-//! handler). Locks here are never held while Python code runs: a callback, a
+//! handler). No state is borrowed while Python code runs: a callback, a
 //! finalizer or a user's selector may call back into the loop at any time.
 
-use super::fork;
+use super::free_list::FreeList;
+use super::gc::Traverse;
 use super::gil_cell::GilCell;
-use super::handle::{self, FreeList};
+use super::handle;
+use super::io::Io;
 use super::ready::Ready;
+use super::registry::{fileobj_to_fd, Side, Watcher};
 use super::task;
-use super::timers::{monotonic, resolution, TimerHeap};
-use super::watchers::{fileobj_to_fd, IoTarget, Side, Watcher, Watchers};
-use crate::backend::epoll::Epoll;
-use crate::backend::pyselector::PySelector;
-use crate::backend::waker::Waker;
-use crate::backend::{Backend, Event, Interest};
-use parking_lot::Mutex;
+use super::timers::{monotonic, resolution, Timers};
+use crate::backend::Event;
+use crate::errors::{closed_error, escapes};
 use pyo3::exceptions::{PyKeyError, PyRuntimeError, PyTypeError};
 use pyo3::ffi;
 use pyo3::gc::PyVisit;
@@ -26,29 +26,22 @@ use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 use pyo3::PyTraverseError;
 use std::collections::VecDeque;
-use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// asyncio's `MAXIMUM_SELECT_TIMEOUT`: the longest single wait, in seconds.
 const MAXIMUM_SELECT_TIMEOUT: f64 = 24.0 * 3600.0;
-/// Below this many timers, cancelled ones are only dropped from the heap's head.
-const MIN_SCHEDULED_TIMER_HANDLES: usize = 100;
 /// While callbacks keep the ready queue full, how often `run_forever` polls
 /// for I/O: a poll that cannot block finds nothing new most of the time, and
 /// its system call cost as much as the callbacks of a `sleep(0)` iteration.
 const BUSY_POLL_INTERVAL: Duration = Duration::from_micros(50);
 
-/// What the iteration works on, behind one lock.
+/// The queues the iteration works on.
 #[derive(Default)]
 struct State {
     ready: VecDeque<Ready>,
-    timers: TimerHeap<Py<PyAny>>,
-    cancelled_timers: usize,
-    watchers: Watchers,
-    free: FreeList,
+    timers: Timers,
     /// The handle scheduled last, while it is queued, until the next
     /// `schedule` or iteration checks whether its caller kept it
     /// ([`State::settle_last`]).
@@ -57,18 +50,6 @@ struct State {
     events: Vec<Event>,
     /// When the backend was last asked for events (`None`: never).
     polled: Option<Instant>,
-    /// What makes a blocked wait return (`call_soon_threadsafe`).
-    waker: Option<Arc<Waker>>,
-}
-
-impl Drop for State {
-    /// A loop dropped without `close()` still lets go of its handles properly.
-    fn drop(&mut self) {
-        let released = self.take_all();
-        if !released.is_empty() {
-            Python::attach(|py| release(py, released));
-        }
-    }
 }
 
 impl State {
@@ -82,48 +63,58 @@ impl State {
             handle::untrack_if_owned(&h.into_bound(py), 2);
         }
     }
+}
 
-    /// Empties every queue, returning what they held so it can be released
-    /// once the lock is gone.
-    fn take_all(&mut self) -> Vec<Ready> {
-        self.last = None;
-        let mut all: Vec<Ready> = self.ready.drain(..).collect();
-        all.extend(self.watchers.take_all());
-        let handles = self
-            .timers
-            .take_all()
-            .into_iter()
-            .chain(self.free.take_all());
-        all.extend(handles.map(Ready::Callback));
-        self.cancelled_timers = 0;
-        all
+impl Traverse for State {
+    fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        (&self.ready, &self.timers, &self.last).traverse(visit)
     }
 }
 
-/// The OS side: the backend.
-struct Io {
-    backend: Box<dyn Backend>,
+/// Everything a closing or dropped loop held, released once nothing is
+/// borrowed: handles are tracked again as they leave ([`handle::retrack`]).
+struct Held {
+    ready: Vec<Ready>,
+    watchers: Vec<Watcher>,
+    handles: Vec<Py<PyAny>>,
+}
+
+impl Held {
+    fn release(self, py: Python<'_>) {
+        let queued = self.ready.into_iter().filter_map(|r| match r {
+            Ready::Callback(h) => Some(h),
+            Ready::Io(..) => None,
+        });
+        let watching = self.watchers.into_iter().filter_map(|w| match w {
+            Watcher::Handle(h) => Some(h),
+            Watcher::Native(_) => None,
+        });
+        for h in queued.chain(watching).chain(self.handles) {
+            handle::retrack(h.bind(py));
+        }
+    }
 }
 
 /// The native core of every oxloop event loop.
 #[pyclass(subclass, frozen, module = "oxloop._oxloop", name = "Engine")]
 pub struct Engine {
     state: GilCell<State>,
-    io: Mutex<Option<Io>>,
+    free: GilCell<FreeList>,
+    io: Io,
     closed: AtomicBool,
     stopping: AtomicBool,
-    /// The backend may wait with the interpreter detached (see `Backend`).
-    waits_detached: AtomicBool,
     debug: AtomicBool,
     /// `threading.get_ident()` of the thread running the loop; 0 when stopped.
     thread_id: AtomicU64,
-    /// The fork generation the backend belongs to (see `fork`).
-    forks: AtomicU64,
     resolution: f64,
 }
 
-fn closed_error() -> PyErr {
-    PyRuntimeError::new_err("Event loop is closed")
+impl Drop for Engine {
+    /// A loop dropped without `close()` still lets go of its handles properly.
+    fn drop(&mut self) {
+        let held = self.take_all();
+        Python::attach(|py| held.release(py));
+    }
 }
 
 fn current_thread() -> u64 {
@@ -137,12 +128,9 @@ impl Engine {
         self.debug.load(Relaxed)
     }
 
-    /// `loop._timer_handle_cancelled(timer)`, called by `TimerHandle.cancel()`:
-    /// counts cancelled timers still in the heap.
+    /// `loop._timer_handle_cancelled(timer)`, called by `TimerHandle.cancel()`.
     pub fn timer_cancelled(&self, timer: &Bound<'_, PyAny>) {
-        if handle::is_scheduled(timer) {
-            self.state.lock().cancelled_timers += 1;
-        }
+        self.state.lock().timers.cancelled(timer);
     }
 
     fn check_closed(&self) -> PyResult<()> {
@@ -193,7 +181,7 @@ impl Engine {
     }
 
     /// Makes a handle and queues it: on the ready queue, or with `when` on
-    /// the timer heap.
+    /// the timers.
     fn schedule<'py>(
         slf: &Bound<'py, Self>,
         when: Option<f64>,
@@ -206,72 +194,44 @@ impl Engine {
         let spare = if debug {
             None
         } else {
-            this.state.lock().free.take(when.is_some())
+            this.free.lock().take(when.is_some())
         };
         let h = handle::new(slf.as_any(), callback, args, context, when, debug, spare)?;
-        let queued = h.clone().unbind();
-        if when.is_some() {
-            handle::set_scheduled(&h, true);
-        }
         let mut st = this.state.lock();
         st.settle_last(slf.py());
         if !debug {
             st.last = Some(h.clone().unbind());
         }
         match when {
-            None => st.ready.push_back(Ready::Callback(queued)),
-            Some(when) => st.timers.push(when, queued),
+            None => st.ready.push_back(Ready::Callback(h.clone().unbind())),
+            Some(when) => st.timers.push(when, h.clone()),
         }
         Ok(h)
     }
 
-    /// Sets (or, with `None`, clears) what watches one side of `fd`, telling
-    /// the backend when the interest changes; returns the previous watcher.
+    /// Sets (or, with `None`, clears) what watches one side of `fd`; returns
+    /// the previous watcher.
     pub fn set_watcher(
         &self,
         fd: RawFd,
         side: Side,
         watcher: Option<Watcher>,
     ) -> PyResult<Option<Watcher>> {
-        let (old, new) = {
-            let st = self.state.lock();
-            let new = st.watchers.interest_with(fd, side, watcher.as_ref());
-            (st.watchers.interest(fd), new)
-        };
-        if new != old {
-            self.with_backend(|b| b.set_interest(fd, old, new))?;
-        }
-        Ok(self.state.lock().watchers.set(fd, side, watcher))
+        self.io.set_watcher(fd, side, watcher)
     }
 
-    /// Clears one side of `fd` if `target` still watches it: a finished wait
-    /// must not remove the wait that replaced it.
-    pub fn clear_watcher_of(
-        &self,
-        fd: RawFd,
-        side: Side,
-        target: &Arc<dyn IoTarget>,
-    ) -> PyResult<()> {
-        let ours = {
-            let st = self.state.lock();
-            let watch = st.watchers.get(fd);
-            let current = watch.and_then(|w| match side {
-                Side::Read => w.reader.as_ref(),
-                Side::Write => w.writer.as_ref(),
-            });
-            matches!(current, Some(Watcher::Native(t)) if Arc::ptr_eq(t, target))
-        };
-        if ours && !self.is_closed() {
-            drop(self.set_watcher(fd, side, None)?);
+    /// True when `core`'s native watcher watches one side of `fd`.
+    pub fn is_watched_by(&self, fd: RawFd, side: Side, core: &Bound<'_, PyAny>) -> bool {
+        self.io.is_watched_by(fd, side, core)
+    }
+
+    /// Clears one side of `fd` if `core` still watches it (an open loop's):
+    /// a finished wait must not remove the wait that replaced it.
+    pub fn clear_watcher_of(&self, fd: RawFd, side: Side, core: &Bound<'_, PyAny>) -> PyResult<()> {
+        if !self.is_closed() {
+            drop(self.io.clear_watcher_of(fd, side, core)?);
         }
         Ok(())
-    }
-
-    fn with_backend<T>(&self, f: impl FnOnce(&mut dyn Backend) -> io::Result<T>) -> PyResult<T> {
-        self.check_fork()?;
-        let mut io = self.io.lock();
-        let io = io.as_mut().ok_or_else(closed_error)?;
-        f(io.backend.as_mut()).map_err(PyErr::from)
     }
 
     /// `_add_reader` / `_add_writer`.
@@ -297,12 +257,12 @@ impl Engine {
     }
 
     /// `_remove_reader` / `_remove_writer`: true when a watcher was removed.
-    fn remove_watch(slf: &Bound<'_, Self>, side: Side, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+    fn remove_watch(slf: &Bound<'_, Self>, side: Side, fd: RawFd) -> PyResult<bool> {
         let this = slf.get();
         if this.closed.load(Relaxed) {
             return Ok(false);
         }
-        match this.set_watcher(fileobj_to_fd(fd)?, side, None)? {
+        match this.set_watcher(fd, side, None)? {
             Some(Watcher::Handle(h)) => h
                 .bind(slf.py())
                 .call_method0(intern!(slf.py(), "cancel"))
@@ -312,37 +272,12 @@ impl Engine {
         }
     }
 
-    /// Drops cancelled timers as asyncio does: all of them once they are
-    /// most of a large heap, otherwise those at its head.
-    fn prune_timers(st: &mut State, py: Python<'_>) -> Vec<Py<PyAny>> {
-        let n = st.timers.len();
-        let dropped = if n > MIN_SCHEDULED_TIMER_HANDLES && st.cancelled_timers * 2 > n {
-            st.cancelled_timers = 0;
-            st.timers.split_off(|t| !handle::is_cancelled(t.bind(py)))
-        } else {
-            let mut dropped = Vec::new();
-            while st
-                .timers
-                .peek()
-                .is_some_and(|(_, t)| handle::is_cancelled(t.bind(py)))
-            {
-                st.cancelled_timers = st.cancelled_timers.saturating_sub(1);
-                dropped.extend(st.timers.pop().map(|(_, t)| t));
-            }
-            dropped
-        };
-        for t in &dropped {
-            handle::set_scheduled(t.bind(py), false);
-        }
-        dropped
-    }
-
     /// How long the next wait may block.
     fn next_timeout(&self, st: &State) -> Option<Duration> {
         if !st.ready.is_empty() || self.stopping.load(Relaxed) {
             return Some(Duration::ZERO);
         }
-        let (when, _) = st.timers.peek()?;
+        let when = st.timers.next_deadline()?;
         let secs = (when - monotonic()).clamp(0.0, MAXIMUM_SELECT_TIMEOUT);
         Some(Duration::from_secs_f64(if secs.is_nan() {
             0.0
@@ -351,124 +286,29 @@ impl Engine {
         }))
     }
 
-    /// In a forked child, before the backend is used: a backend of its own
-    /// (the parent's loop stays undisturbed), watching what this loop
-    /// watched, and a waker of its own.
-    fn check_fork(&self) -> PyResult<()> {
-        let generation = fork::generation();
-        // A plain load first: no atomic write in every iteration.
-        if self.forks.load(Relaxed) == generation
-            || self.forks.swap(generation, Relaxed) == generation
-        {
-            return Ok(());
-        }
-        let watched: Vec<_> = {
-            let st = self.state.lock();
-            st.watchers
-                .fds()
-                .map(|fd| (fd, st.watchers.interest(fd)))
-                .collect()
-        };
-        let waker = Arc::new(Waker::new()?);
-        let mut io = self.io.lock();
-        let Some(io) = io.as_mut() else {
-            return Ok(());
-        };
-        if io.backend.reopen(waker.clone())? {
-            for (fd, interest) in watched {
-                io.backend.set_interest(fd, Interest::default(), interest)?;
-            }
-            self.state.lock().waker = Some(waker);
-        }
-        Ok(())
-    }
-
-    /// Waits for I/O; returns the reports in `events`, the buffer taken from
-    /// [`State`] (and put back by `collect_ready`).
-    fn wait(
-        &self,
-        py: Python<'_>,
-        timeout: Option<Duration>,
-        mut events: Vec<Event>,
-    ) -> PyResult<Vec<Event>> {
-        self.check_fork()?;
-        let mut wait = || {
-            let mut guard = self.io.lock();
-            let io = guard
-                .as_mut()
-                .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))?;
-            io.backend.wait(timeout, &mut events)
-        };
-        let r = if self.waits_detached.load(Relaxed) && timeout != Some(Duration::ZERO) {
-            py.detach(wait)
-        } else {
-            wait()
-        };
-        match r {
-            Ok(()) => Ok(events),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                py.check_signals()?;
-                Ok(events)
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Moves the handles of ready fds and due timers to the ready queue and
-    /// keeps the events buffer for the next wait; returns the readers and
-    /// writers found cancelled, and how many callbacks are ready.
-    fn collect_ready(&self, py: Python<'_>, events: Vec<Event>) -> (Vec<(i32, Side)>, usize) {
-        let mut st = self.state.lock();
-        let State {
-            ready,
-            watchers,
-            timers,
-            ..
-        } = &mut *st;
-        let mut stale = Vec::new();
-        for ev in &events {
-            let Some(w) = watchers.get(ev.fd) else {
-                continue;
-            };
-            for (fired, side, w) in [
-                (ev.readable, Side::Read, &w.reader),
-                (ev.writable, Side::Write, &w.writer),
-            ] {
-                match (fired, w) {
-                    (true, Some(Watcher::Handle(h))) if handle::is_cancelled(h.bind(py)) => {
-                        stale.push((ev.fd, side));
-                    }
-                    (true, Some(w)) => ready.push_back(Ready::from_watcher(w.clone_ref(py), side)),
-                    _ => {}
-                }
-            }
-        }
-        if !timers.is_empty() {
-            let end = monotonic() + self.resolution;
-            while let Some(t) = timers.pop_due(end) {
-                handle::set_scheduled(t.bind(py), false);
-                ready.push_back(Ready::Callback(t));
-            }
-        }
-        let ntodo = ready.len();
-        st.events = events;
-        (stale, ntodo)
-    }
-
-    /// One iteration. With `busy` (callbacks keep the ready queue full), a poll
-    /// that could not block is skipped while the last one is less than
-    /// [`BUSY_POLL_INTERVAL`] old.
+    /// One iteration: wait for I/O, queue the watchers of ready fds, queue
+    /// the due timers, run what was ready. With `busy` (callbacks keep the
+    /// ready queue full), a poll that could not block is skipped while the
+    /// last one is less than [`BUSY_POLL_INTERVAL`] old.
     fn run_once(slf: &Bound<'_, Self>, busy: bool) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let (timeout, events, poll) = {
-            let mut st = this.state.lock();
+        let events = this.wait(py, busy)?;
+        Self::dispatch_io(slf, &events)?;
+        this.queue_due_timers(py, events);
+        Self::run_ready(slf)
+    }
+
+    /// Step 1: drops cancelled timers, then waits for I/O as long as the
+    /// next timer allows; returns the backend's reports.
+    fn wait(&self, py: Python<'_>, busy: bool) -> PyResult<Vec<Event>> {
+        let (timeout, poll, mut events, pruned) = {
+            let mut st = self.state.lock();
             st.settle_last(py);
-            let dropped = Self::prune_timers(&mut st, py);
-            let timeout = this.next_timeout(&st);
+            let pruned = st.timers.prune(py);
+            let timeout = self.next_timeout(&st);
             let mut events = std::mem::take(&mut st.events);
             events.clear();
-            // While busy, a poll that could not block waits for its interval.
             let now = Instant::now();
             let poll = !busy
                 || timeout != Some(Duration::ZERO)
@@ -476,40 +316,56 @@ impl Engine {
             if poll {
                 st.polled = Some(now);
             }
-            let mut room = [st.free.room(false), st.free.room(true)];
-            drop(st);
-            // Cancelled timers (a finished `asyncio.timeout`'s) are reused too.
-            let spent: Vec<_> = dropped
-                .into_iter()
-                .filter_map(|t| handle::spend(t.into_bound(py), &mut room).ok())
-                .collect();
-            if !spent.is_empty() {
-                let full: Vec<_> = {
-                    let mut st = this.state.lock();
-                    spent.into_iter().filter_map(|s| st.free.give(s)).collect()
-                };
-                drop(full);
-            }
-            (timeout, events, poll)
+            (timeout, poll, events, pruned)
         };
-        let events = if poll {
-            this.wait(py, timeout, events)?
-        } else {
-            events
-        };
-        let (stale, ntodo) = this.collect_ready(py, events);
-        for (fd, side) in stale {
-            let fd = fd.into_pyobject(py)?.into_any();
-            Self::remove_watch(slf, side, &fd)?;
+        // Cancelled timers (a finished `asyncio.timeout`'s) are reused too.
+        for t in pruned {
+            FreeList::recycle(&self.free, t.into_bound(py));
         }
-        // A handle that ran and can be reused goes to the free list when the
-        // next one is popped: one lock for both.
-        let mut spent = None;
+        if poll {
+            self.io.wait(py, timeout, &mut events)?;
+        }
+        Ok(events)
+    }
+
+    /// Step 2: queues the watchers of the fds the backend reported; a
+    /// cancelled `add_reader`/`add_writer` handle found there is removed.
+    fn dispatch_io(slf: &Bound<'_, Self>, events: &[Event]) -> PyResult<()> {
+        let this = slf.get();
+        let stale = {
+            let mut st = this.state.lock();
+            this.io.dispatch(slf.py(), events, &mut st.ready)
+        };
+        for (fd, side) in stale {
+            Self::remove_watch(slf, side, fd)?;
+        }
+        Ok(())
+    }
+
+    /// Step 3: queues the timers due within the clock's resolution, and
+    /// keeps the events buffer for the next wait.
+    fn queue_due_timers(&self, py: Python<'_>, events: Vec<Event>) {
+        let mut st = self.state.lock();
+        st.events = events;
+        if st.timers.is_empty() {
+            return;
+        }
+        let end = monotonic() + self.resolution;
+        let State { ready, timers, .. } = &mut *st;
+        while let Some(t) = timers.pop_due(py, end) {
+            ready.push_back(Ready::Callback(t));
+        }
+    }
+
+    /// Step 4: runs what is ready now (not what these callbacks schedule);
+    /// a handle that ran goes back to the free list.
+    fn run_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let ntodo = this.state.lock().ready.len();
         for _ in 0..ntodo {
-            let (next, mut room, full) = {
+            let next = {
                 let mut st = this.state.lock();
-                let full = spent.take().and_then(|s| st.free.give(s));
-                let room = [st.free.room(false), st.free.room(true)];
                 let next = st.ready.pop_front();
                 if let Some(Ready::Callback(h)) = &next {
                     // Another thread scheduled it during this iteration:
@@ -518,9 +374,8 @@ impl Engine {
                         st.last = None;
                     }
                 }
-                (next, room, full)
+                next
             };
-            drop(full);
             let h = match next {
                 None => break,
                 Some(Ready::Io(target, side)) => {
@@ -534,11 +389,9 @@ impl Engine {
             } else {
                 Self::run_handle(slf, &h)
             };
-            spent = handle::spend(h, &mut room).ok();
+            FreeList::recycle(&this.free, h);
             ran?;
         }
-        let full = spent.and_then(|s| this.state.lock().free.give(s));
-        drop(full);
         Ok(())
     }
 
@@ -552,11 +405,31 @@ impl Engine {
         }
         match handle::run(h) {
             Ok(()) => Ok(()),
-            Err(e) if handle::escapes(py, &e) => Err(e),
+            Err(e) if escapes(py, &e) => Err(e),
             Err(e) => slf
                 .call_method1(intern!(py, "_callback_failed"), (h, e.value(py)))
                 .map(drop),
         }
+    }
+
+    /// Empties every queue and the registry (those not borrowed right now).
+    fn take_all(&self) -> Held {
+        let (ready, handles) = match self.state.try_lock() {
+            Some(mut st) => {
+                st.last = None;
+                (st.ready.drain(..).collect(), st.timers.take_all())
+            }
+            None => Default::default(),
+        };
+        let mut held = Held {
+            ready,
+            watchers: self.io.take_watchers(),
+            handles,
+        };
+        if let Some(mut free) = self.free.try_lock() {
+            held.handles.append(&mut free.take_all());
+        }
+        held
     }
 }
 
@@ -567,33 +440,20 @@ impl Engine {
     fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyAny>>) -> Self {
         Self {
             state: GilCell::new(State::default()),
-            io: Mutex::new(None),
+            free: GilCell::new(FreeList::default()),
+            io: Io::new(),
             closed: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
-            waits_detached: AtomicBool::new(false),
             debug: AtomicBool::new(false),
             thread_id: AtomicU64::new(0),
-            forks: AtomicU64::new(fork::generation()),
             resolution: resolution(),
         }
     }
 
-    /// Opens the backend: the user's `selector` if given, else native epoll.
+    /// Opens the backend: the user's `selector` if given, else the native one.
     #[pyo3(signature = (selector=None))]
     fn _open(&self, selector: Option<Py<PyAny>>) -> PyResult<()> {
-        let waker = Arc::new(Waker::new()?);
-        let backend: Box<dyn Backend> = match selector {
-            Some(s) => Box::new(PySelector::new(s, waker.clone())?),
-            None => Box::new(Epoll::new(waker.clone())?),
-        };
-        self.waits_detached.store(backend.waits_detached(), Relaxed);
-        self.forks.store(fork::generation(), Relaxed);
-        let old = self.io.lock().replace(Io { backend });
-        if let Some(mut old) = old {
-            old.backend.close();
-        }
-        self.state.lock().waker = Some(waker);
-        Ok(())
+        self.io.open(selector)
     }
 
     /// `create_future`: an asyncio `Future` on this loop.
@@ -616,12 +476,7 @@ impl Engine {
 
     /// Wakes the loop from another thread (asyncio's self-pipe write).
     pub fn _write_to_self(&self) {
-        if self.forks.load(Relaxed) != fork::generation() {
-            return; // the waker is the parent's until `check_fork` runs
-        }
-        if let Some(w) = self.state.lock().waker.as_ref() {
-            w.wake();
-        }
+        self.io.wake();
     }
 
     /// Appends an existing handle to the ready queue unless it is cancelled
@@ -660,11 +515,11 @@ impl Engine {
     }
 
     fn _remove_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
-        Self::remove_watch(slf, Side::Read, fd)
+        Self::remove_watch(slf, Side::Read, fileobj_to_fd(fd)?)
     }
 
     fn _remove_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
-        Self::remove_watch(slf, Side::Write, fd)
+        Self::remove_watch(slf, Side::Write, fileobj_to_fd(fd)?)
     }
 
     /// `(fd, events, reader, writer)` of a watched fd (or file object), in
@@ -677,8 +532,10 @@ impl Engine {
         fd: &Bound<'_, PyAny>,
     ) -> PyResult<(RawFd, u8, Option<Py<PyAny>>, Option<Py<PyAny>>)> {
         let fd = fileobj_to_fd(fd)?;
-        let st = self.state.lock();
-        let w = st.watchers.get(fd).ok_or_else(|| PyKeyError::new_err(fd))?;
+        let w = self
+            .io
+            .registration(py, fd)
+            .ok_or_else(|| PyKeyError::new_err(fd))?;
         let interest = w.interest();
         let events = u8::from(interest.readable) | (u8::from(interest.writable) << 1);
         let handle = |w: &Option<Watcher>| {
@@ -691,7 +548,7 @@ impl Engine {
 
     /// Every watched fd.
     fn _watched_fds(&self) -> Vec<i32> {
-        self.state.lock().watchers.fds().collect()
+        self.io.watched_fds()
     }
 
     /// One iteration: wait for I/O, collect due timers, run what is ready.
@@ -724,6 +581,7 @@ impl Engine {
         self.thread_id.load(Relaxed) != 0
     }
 
+    /// True once `close()` ran.
     pub fn is_closed(&self) -> bool {
         self.closed.load(Relaxed)
     }
@@ -767,49 +625,16 @@ impl Engine {
     /// Marks the loop closed and releases the queues, the backend and the waker.
     fn _close_engine(&self, py: Python<'_>) {
         self.closed.store(true, Relaxed);
-        let released = self.state.lock().take_all();
-        release(py, released);
-        let io = self.io.lock().take();
-        if let Some(mut io) = io {
-            io.backend.close();
-        }
-        drop(self.state.lock().waker.take());
+        self.take_all().release(py);
+        self.io.close();
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        let Some(st) = self.state.try_lock() else {
-            return Ok(());
-        };
-        for entry in &st.ready {
-            match entry {
-                Ready::Callback(h) => handle::visit(h, &visit)?,
-                Ready::Io(..) => entry.traverse(&visit)?,
-            }
-        }
-        for watcher in st.watchers.watchers() {
-            watcher.traverse(&visit)?;
-        }
-        for h in st.timers.iter() {
-            handle::visit(h, &visit)?;
-        }
-        for h in st.free.iter().chain(&st.last) {
-            visit.call(h)?;
-        }
-        Ok(())
+        (&self.state, &self.free, self.io.registry()).traverse(&visit)
     }
 
     fn __clear__(&self) {
-        if let Some(released) = self.state.try_lock().map(|mut st| st.take_all()) {
-            Python::attach(|py| release(py, released));
-        }
-    }
-}
-
-/// Lets go of what the queues held (see [`handle::retrack`]).
-fn release(py: Python<'_>, released: Vec<Ready>) {
-    for entry in released {
-        if let Ready::Callback(h) = entry {
-            handle::retrack(h.bind(py));
-        }
+        let held = self.take_all();
+        Python::attach(|py| held.release(py));
     }
 }

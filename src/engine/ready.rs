@@ -1,6 +1,8 @@
 //! What the ready queue holds.
 
-use super::watchers::{IoTarget, Side, Watcher};
+use super::gc::Traverse;
+use super::handle;
+use super::registry::{IoTarget, Side, Watcher};
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::PyTraverseError;
@@ -10,7 +12,7 @@ use std::sync::Arc;
 pub enum Ready {
     /// An asyncio Handle: `call_soon`, a due timer, an `add_reader` callback.
     Callback(Py<PyAny>),
-    /// A native target whose fd is ready on one side.
+    /// A native core whose fd is ready on one side.
     Io(Arc<dyn IoTarget>, Side),
 }
 
@@ -22,11 +24,14 @@ impl Ready {
             Watcher::Native(t) => Ready::Io(t, side),
         }
     }
+}
 
-    /// Visits what the entry holds, for the garbage collector.
-    pub fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+impl Traverse for Ready {
+    /// A queued handle may be untracked: what it refers to is visited
+    /// ([`handle::visit`]).
+    fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
         match self {
-            Ready::Callback(h) => visit.call(h),
+            Ready::Callback(h) => handle::visit(h, visit),
             Ready::Io(t, _) => t.traverse(visit),
         }
     }

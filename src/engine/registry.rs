@@ -1,13 +1,16 @@
 //! What watches each file descriptor: asyncio handles (`add_reader`,
-//! `add_writer`) or native I/O targets (the Rust transports).
+//! `add_writer`) or native cores (the Rust transports, `sock_*` waits and
+//! child watchers), and the interest the backend must have in it.
 
-use super::ready::Ready;
+use super::gc::Traverse;
 use crate::backend::Interest;
 use pyo3::exceptions::{PyAttributeError, PyTypeError, PyValueError};
 use pyo3::gc::PyVisit;
 use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::pyclass::boolean_struct::True;
 use pyo3::types::PyInt;
+use pyo3::PyClass;
 use pyo3::PyTraverseError;
 use rustc_hash::FxHashMap;
 use std::os::fd::RawFd;
@@ -22,20 +25,53 @@ pub enum Side {
     Write,
 }
 
-/// A native object the engine calls when its fd is ready, with no Python
-/// handle in between: the Rust transports.
-pub trait IoTarget: Send + Sync {
-    /// The fd is ready on `side`. Errors are the target's to report; what it
+/// A native core the engine calls directly when its fd is ready, with no
+/// Python handle in between. Each is a frozen pyclass, so the engine's
+/// watcher holds a reference to the core's Python object: the garbage
+/// collector sees one owner of everything the core refers to.
+pub trait NativeWatcher: PyClass<Frozen = True> + Sync {
+    /// True when the core waits for one report at a time and tries its
+    /// syscall before each wait (see [`Interest::oneshot`]).
+    const ONESHOT: bool = false;
+
+    /// The fd is ready on `side`. Errors are the core's to report; what it
     /// returns as `Err` (SystemExit, KeyboardInterrupt) stops the loop.
+    fn on_ready(slf: &Bound<'_, Self>, side: Side) -> PyResult<()>;
+}
+
+/// What the engine calls for a [`NativeWatcher`], whatever its type.
+pub trait IoTarget: Send + Sync {
+    /// See [`NativeWatcher::on_ready`].
     fn on_ready(&self, py: Python<'_>, side: Side) -> PyResult<()>;
 
-    /// Visits the Python objects the target holds, for the garbage collector.
+    /// Visits the core, for the garbage collector.
     fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError>;
 
-    /// True when the target waits for one report at a time and tries its
-    /// syscall before each wait (see [`Interest::oneshot`]).
+    /// See [`NativeWatcher::ONESHOT`].
+    fn oneshot(&self) -> bool;
+
+    /// The core's Python object: who is watching.
+    fn core(&self) -> *mut pyo3::ffi::PyObject;
+}
+
+/// The one adapter from a [`NativeWatcher`] to an [`IoTarget`].
+struct Native<T>(Py<T>);
+
+impl<T: NativeWatcher> IoTarget for Native<T> {
+    fn on_ready(&self, py: Python<'_>, side: Side) -> PyResult<()> {
+        T::on_ready(self.0.bind(py), side)
+    }
+
+    fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.0)
+    }
+
     fn oneshot(&self) -> bool {
-        false
+        T::ONESHOT
+    }
+
+    fn core(&self) -> *mut pyo3::ffi::PyObject {
+        self.0.as_ptr()
     }
 }
 
@@ -47,13 +83,24 @@ pub enum Watcher {
     Native(Arc<dyn IoTarget>),
 }
 
-impl Watcher {
-    /// Visits what the watcher holds, for the garbage collector.
-    pub fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+impl Traverse for Watcher {
+    fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
         match self {
             Watcher::Handle(h) => visit.call(h),
             Watcher::Native(t) => t.traverse(visit),
         }
+    }
+}
+
+impl Watcher {
+    /// The watcher that calls `core` directly.
+    pub fn native<T: NativeWatcher>(core: &Bound<'_, T>) -> Self {
+        Watcher::Native(Arc::new(Native(core.clone().unbind())))
+    }
+
+    /// True when this is `core`'s native watcher.
+    pub fn is_core(&self, core: &Bound<'_, PyAny>) -> bool {
+        matches!(self, Watcher::Native(t) if t.core() == core.as_ptr())
     }
 
     /// Another reference to the same watcher.
@@ -73,16 +120,16 @@ impl Watcher {
     }
 }
 
-/// The watchers of one fd.
+/// The watchers of one fd: what asyncio's selector key holds.
 #[derive(Default)]
-pub struct Watch {
+pub struct Registration {
     /// Called when the fd is readable.
     pub reader: Option<Watcher>,
     /// Called when the fd is writable.
     pub writer: Option<Watcher>,
 }
 
-impl Watch {
+impl Registration {
     /// What the backend must report for this fd.
     pub fn interest(&self) -> Interest {
         interest_of(self.reader.as_ref(), self.writer.as_ref())
@@ -112,16 +159,19 @@ fn interest_of(reader: Option<&Watcher>, writer: Option<&Watcher>) -> Interest {
     }
 }
 
-/// fd → watchers, as asyncio's selector keys hold `(reader, writer)`.
+/// fd → its [`Registration`], as asyncio's selector maps fds to keys.
 #[derive(Default)]
-pub struct Watchers {
-    map: FxHashMap<RawFd, Watch>,
+pub struct Registry {
+    map: FxHashMap<RawFd, Registration>,
 }
 
-impl Watchers {
+impl Registry {
     /// The current interest in `fd`.
     pub fn interest(&self, fd: RawFd) -> Interest {
-        self.map.get(&fd).map(Watch::interest).unwrap_or_default()
+        self.map
+            .get(&fd)
+            .map(Registration::interest)
+            .unwrap_or_default()
     }
 
     /// The interest in `fd` once `side` is watched by `watcher` instead.
@@ -136,8 +186,17 @@ impl Watchers {
     }
 
     /// The watchers of `fd`, if any.
-    pub fn get(&self, fd: RawFd) -> Option<&Watch> {
+    pub fn get(&self, fd: RawFd) -> Option<&Registration> {
         self.map.get(&fd)
+    }
+
+    /// The watcher of one side of `fd`, if any.
+    pub fn watcher(&self, fd: RawFd, side: Side) -> Option<&Watcher> {
+        let r = self.map.get(&fd)?;
+        match side {
+            Side::Read => r.reader.as_ref(),
+            Side::Write => r.writer.as_ref(),
+        }
     }
 
     /// Replaces one side's watcher and returns the previous one.
@@ -155,23 +214,22 @@ impl Watchers {
         self.map.keys().copied()
     }
 
-    /// Every watcher, for the garbage collector.
-    pub fn watchers(&self) -> impl Iterator<Item = &Watcher> {
-        self.map
-            .values()
-            .flat_map(|w| w.reader.iter().chain(w.writer.iter()))
-    }
-
-    /// Removes everything, returning it so it can be released outside any lock.
-    pub fn take_all(&mut self) -> Vec<Ready> {
+    /// Removes everything, returning it so it can be released once the
+    /// registry is no longer borrowed.
+    pub fn take_all(&mut self) -> Vec<Watcher> {
         std::mem::take(&mut self.map)
             .into_values()
-            .flat_map(|w| {
-                let read = w.reader.map(|r| Ready::from_watcher(r, Side::Read));
-                let write = w.writer.map(|r| Ready::from_watcher(r, Side::Write));
-                read.into_iter().chain(write)
-            })
+            .flat_map(|r| r.reader.into_iter().chain(r.writer))
             .collect()
+    }
+}
+
+impl Traverse for Registry {
+    fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        self.map
+            .values()
+            .flat_map(|r| r.reader.iter().chain(&r.writer))
+            .try_for_each(|w| w.traverse(visit))
     }
 }
 

@@ -1,7 +1,18 @@
-//! The timer heap and the loop's clock.
+//! The loop's clock and its timers: a heap ordered by deadline, and
+//! [`Timers`], the loop's `TimerHandle`s on it with asyncio's rule for
+//! dropping cancelled ones.
 
+use super::gc::Traverse;
+use super::handle;
+use pyo3::gc::PyVisit;
+use pyo3::prelude::*;
+use pyo3::PyTraverseError;
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
+
+/// Below this many timers, cancelled ones are only dropped from the heap's
+/// head (asyncio's `_MIN_SCHEDULED_TIMER_HANDLES`).
+const MIN_SCHEDULED_TIMER_HANDLES: usize = 100;
 
 /// Seconds on `CLOCK_MONOTONIC`, the clock `time.monotonic()` reads.
 pub fn monotonic() -> f64 {
@@ -157,6 +168,90 @@ impl<T> TimerHeap<T> {
             .into_iter()
             .map(|e| e.item)
             .collect()
+    }
+}
+
+/// The loop's scheduled `TimerHandle`s. A handle on the heap has its
+/// `_scheduled` flag set; cancelling it only counts it
+/// ([`Timers::cancelled`]), and [`Timers::prune`] drops cancelled timers as
+/// asyncio's `_run_once` does, which keeps memory flat under
+/// schedule-then-cancel churn.
+#[derive(Default)]
+pub struct Timers {
+    heap: TimerHeap<Py<PyAny>>,
+    /// Cancelled timers still on the heap.
+    cancelled: usize,
+}
+
+impl Timers {
+    /// Schedules `timer` at `when`.
+    pub fn push(&mut self, when: f64, timer: Bound<'_, PyAny>) {
+        handle::set_scheduled(&timer, true);
+        self.heap.push(when, timer.unbind());
+    }
+
+    /// `loop._timer_handle_cancelled(timer)`: counts a cancelled timer that
+    /// is still on the heap.
+    pub fn cancelled(&mut self, timer: &Bound<'_, PyAny>) {
+        if handle::is_scheduled(timer) {
+            self.cancelled += 1;
+        }
+    }
+
+    /// The earliest deadline, cancelled timers included.
+    pub fn next_deadline(&self) -> Option<f64> {
+        self.heap.peek().map(|(when, _)| when)
+    }
+
+    /// Removes the earliest timer if it is due before `end`.
+    pub fn pop_due(&mut self, py: Python<'_>, end: f64) -> Option<Py<PyAny>> {
+        let timer = self.heap.pop_due(end)?;
+        handle::set_scheduled(timer.bind(py), false);
+        Some(timer)
+    }
+
+    /// Drops cancelled timers as asyncio does: all of them once they are
+    /// most of a large heap, otherwise those at its head. Returns them, to
+    /// be released once the timers are no longer borrowed.
+    pub fn prune(&mut self, py: Python<'_>) -> Vec<Py<PyAny>> {
+        let n = self.heap.len();
+        let dropped = if n > MIN_SCHEDULED_TIMER_HANDLES && self.cancelled * 2 > n {
+            self.cancelled = 0;
+            self.heap.split_off(|t| !handle::is_cancelled(t.bind(py)))
+        } else {
+            let mut dropped = Vec::new();
+            while self
+                .heap
+                .peek()
+                .is_some_and(|(_, t)| handle::is_cancelled(t.bind(py)))
+            {
+                self.cancelled = self.cancelled.saturating_sub(1);
+                dropped.extend(self.heap.pop().map(|(_, t)| t));
+            }
+            dropped
+        };
+        for t in &dropped {
+            handle::set_scheduled(t.bind(py), false);
+        }
+        dropped
+    }
+
+    /// True when no timer is scheduled.
+    pub fn is_empty(&self) -> bool {
+        self.heap.is_empty()
+    }
+
+    /// Removes every timer.
+    pub fn take_all(&mut self) -> Vec<Py<PyAny>> {
+        self.cancelled = 0;
+        self.heap.take_all()
+    }
+}
+
+impl Traverse for Timers {
+    /// Heaped timers may be untracked: see [`handle::visit`].
+    fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        self.heap.iter().try_for_each(|t| handle::visit(t, visit))
     }
 }
 

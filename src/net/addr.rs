@@ -11,15 +11,17 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 /// A socket address as the kernel reads and writes it.
 #[derive(Clone, Copy)]
 pub struct SockAddr {
+    /// Room for any family's address.
     pub storage: libc::sockaddr_storage,
+    /// How much of `storage` the address takes.
     pub len: libc::socklen_t,
 }
 
 impl SockAddr {
     /// Room for any address, for `recvfrom` to fill.
     pub fn empty() -> Self {
-        // SAFETY: all-zero is a valid sockaddr_storage.
         Self {
+            // SAFETY: all-zero is a valid sockaddr_storage.
             storage: unsafe { zeroed() },
             len: size_of::<libc::sockaddr_storage>() as libc::socklen_t,
         }

@@ -1,13 +1,14 @@
-//! Conversions between the OS's view of sockets and Python's: errors, reads
-//! that become one `bytes`, writes from Python buffers, addresses.
+//! Conversions between the OS's view of sockets and Python's: reads that
+//! become one `bytes`, writes from Python buffers, addresses. Nothing here
+//! knows the loop.
 
 pub mod addr;
-pub mod sock;
 
+use crate::sys;
 use addr::SockAddr;
 
 use pyo3::buffer::PyBuffer;
-use pyo3::exceptions::{PyOSError, PyTypeError};
+use pyo3::exceptions::PyTypeError;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes};
@@ -31,21 +32,6 @@ thread_local! {
     static BULK_FDS: RefCell<FxHashSet<RawFd>> = RefCell::new(FxHashSet::default());
 }
 
-/// An `OSError` for `err`, built as Python builds it (`OSError(errno, strerror)`),
-/// so it is the matching subclass (ConnectionResetError, BrokenPipeError, ...)
-/// with `errno` set.
-pub fn os_error(err: io::Error) -> PyErr {
-    match err.raw_os_error() {
-        Some(code) => {
-            // SAFETY: strerror returns a pointer to a NUL-terminated static or
-            // thread-local message, read at once.
-            let msg = unsafe { std::ffi::CStr::from_ptr(libc::strerror(code)) };
-            PyOSError::new_err((code, msg.to_string_lossy().into_owned()))
-        }
-        None => PyErr::from(err),
-    }
-}
-
 /// True for the errors that only mean "not now": EAGAIN and EINTR.
 pub fn would_block(e: &io::Error) -> bool {
     matches!(
@@ -59,7 +45,9 @@ pub fn would_block(e: &io::Error) -> bool {
 /// or character device with plain `write(2)`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum FdKind {
+    /// A stream socket: `send` with `MSG_NOSIGNAL`.
     Socket,
+    /// A pipe or character device: `write`.
     Pipe,
 }
 
@@ -72,11 +60,7 @@ pub fn send(fd: RawFd, data: &[u8], kind: FdKind) -> io::Result<usize> {
             FdKind::Pipe => libc::write(fd, data.as_ptr().cast(), data.len()),
         }
     };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
+    sys::check(n).map(|n| n as usize)
 }
 
 /// Calls `f` with the bytes of `data` (bytes, bytearray, memoryview or any
@@ -111,12 +95,7 @@ pub fn writable(buf: &PyBuffer<u8>) -> Option<(*mut u8, usize)> {
 /// `ptr` must be valid for writes of `len` bytes for the duration of the call.
 pub unsafe fn read_raw(fd: RawFd, ptr: *mut u8, len: usize) -> io::Result<usize> {
     // SAFETY: guaranteed by the caller.
-    let n = unsafe { libc::read(fd, ptr.cast(), len) };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
+    sys::check(unsafe { libc::read(fd, ptr.cast(), len) }).map(|n| n as usize)
 }
 
 extern "C" {
@@ -166,9 +145,7 @@ pub fn bulk_size(fd: RawFd, bulk: bool, len: usize) -> io::Result<Option<usize>>
 fn readable_bytes(fd: RawFd) -> io::Result<usize> {
     let mut n: c_int = 0;
     // SAFETY: FIONREAD writes one int through the pointer, which is live.
-    if unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    sys::check(unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) })?;
     Ok(n.max(0) as usize)
 }
 
@@ -290,10 +267,8 @@ pub fn recvfrom_copied(py: Python<'_>, fd: RawFd) -> io::Result<(Bound<'_, PyByt
                 &mut from.len,
             )
         };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok((PyBytes::new(py, &buf[..n as usize]), from))
+        let n = sys::check(n)? as usize;
+        Ok((PyBytes::new(py, &buf[..n]), from))
     })
 }
 
@@ -310,9 +285,5 @@ pub fn sendto(fd: RawFd, data: &[u8], to: &SockAddr) -> io::Result<usize> {
             to.len,
         )
     };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
+    sys::check(n).map(|n| n as usize)
 }

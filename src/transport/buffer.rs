@@ -1,9 +1,13 @@
 //! The write buffer of a stream transport: what `write()` could not send at
 //! once, flushed with one gathering write per write-ready event.
 
+use crate::engine::Traverse;
 use crate::net::FdKind;
+use crate::sys;
+use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
+use pyo3::PyTraverseError;
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
 
@@ -34,6 +38,15 @@ impl Chunk {
     }
 }
 
+impl Traverse for WriteBuffer {
+    fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        self.chunks.iter().try_for_each(|c| match c {
+            Chunk::Bytes(b, _) => b.traverse(visit),
+            Chunk::Owned(..) => Ok(()),
+        })
+    }
+}
+
 /// The queue of chunks and their total size.
 #[derive(Default)]
 pub struct WriteBuffer {
@@ -59,14 +72,6 @@ impl WriteBuffer {
             self.size += len;
             self.chunks.push_back(chunk);
         }
-    }
-
-    /// The Python objects held, for the garbage collector.
-    pub fn objects(&self) -> impl Iterator<Item = &Py<PyBytes>> {
-        self.chunks.iter().filter_map(|c| match c {
-            Chunk::Bytes(b, _) => Some(b),
-            Chunk::Owned(..) => None,
-        })
     }
 
     /// Drops everything, returning the chunks to release outside any lock.
@@ -114,10 +119,8 @@ impl WriteBuffer {
                 FdKind::Pipe => libc::writev(fd, iov.as_ptr(), iov.len() as _),
             }
         };
-        if n < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok((n as usize, self.consume(py, n as usize)))
+        let n = sys::check(n)? as usize;
+        Ok((n, self.consume(py, n)))
     }
 
     /// Marks `n` bytes as sent.

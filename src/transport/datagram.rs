@@ -6,30 +6,74 @@
 //! event, each delivered as asyncio delivers one) and the common
 //! `sendto` (a numeric address, nothing buffered). Everything else (the
 //! write buffer, flow control, closing, errors) is asyncio's own code.
+//!
+//! The core keeps what it needs itself: the transport tells it the protocol
+//! (`set_protocol`), and it reads while the engine's reader of its fd is
+//! this core — asyncio's transport stops reading (pausing, closing, failing)
+//! by removing that reader.
 
-use super::report_protocol_error;
-use crate::engine::loop_::Engine;
-use crate::engine::watchers::{IoTarget, Side, Watcher};
+use crate::engine::{Engine, GilCell, NativeWatcher, Side, Traverse, Watcher};
+use crate::errors::{os_error, report_protocol_error};
 use crate::net::addr::SockAddr;
-use crate::net::{os_error, recvfrom_copied, send, sendto, with_bytes, would_block, FdKind};
-use parking_lot::Mutex;
+use crate::net::{recvfrom_copied, send, sendto, with_bytes, would_block, FdKind};
 use pyo3::gc::PyVisit;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyTuple};
 use pyo3::PyTraverseError;
 use std::os::fd::RawFd;
-use std::sync::Arc;
 
 /// How many datagrams one readable event delivers at most, so that one busy
 /// socket cannot starve the rest of the loop.
 const MAX_BATCH: usize = 16;
 
-/// The protocol's methods, resolved once per protocol.
+/// The protocol and its methods, resolved once per protocol (`None`: the
+/// protocol has no such method, which fails when it is called).
 struct Protocol {
     object: Py<PyAny>,
-    datagram_received: Py<PyAny>,
-    error_received: Py<PyAny>,
+    datagram_received: Option<Py<PyAny>>,
+    error_received: Option<Py<PyAny>>,
+}
+
+impl Protocol {
+    fn new(object: &Bound<'_, PyAny>) -> Self {
+        let py = object.py();
+        let method = |name| object.getattr(name).ok().map(Bound::unbind);
+        Self {
+            datagram_received: method(intern!(py, "datagram_received")),
+            error_received: method(intern!(py, "error_received")),
+            object: object.clone().unbind(),
+        }
+    }
+
+    fn clone_ref(&self, py: Python<'_>) -> Self {
+        let method = |m: &Option<Py<PyAny>>| m.as_ref().map(|m| m.clone_ref(py));
+        Self {
+            object: self.object.clone_ref(py),
+            datagram_received: method(&self.datagram_received),
+            error_received: method(&self.error_received),
+        }
+    }
+
+    /// Calls the protocol's method `name` (resolved as `resolved`).
+    fn call<'py>(
+        &self,
+        py: Python<'py>,
+        resolved: &Option<Py<PyAny>>,
+        name: &Bound<'py, pyo3::types::PyString>,
+        args: impl pyo3::call::PyCallArgs<'py>,
+    ) -> PyResult<()> {
+        match resolved {
+            Some(m) => m.bind(py).call1(args).map(drop),
+            None => self.object.bind(py).getattr(name).map(drop),
+        }
+    }
+}
+
+impl Traverse for Protocol {
+    fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        (&self.object, &self.datagram_received, &self.error_received).traverse(visit)
+    }
 }
 
 #[derive(Default)]
@@ -41,6 +85,12 @@ struct State {
     peer: Option<(SockAddr, Py<PyTuple>)>,
 }
 
+impl Traverse for State {
+    fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        (&self.protocol, self.peer.as_ref().map(|(_, t)| t)).traverse(visit)
+    }
+}
+
 /// The native half of a datagram transport.
 #[pyclass(frozen, module = "oxloop._oxloop", name = "DatagramCore")]
 pub struct DatagramCore {
@@ -50,49 +100,62 @@ pub struct DatagramCore {
     /// The socket is connected: datagrams go out with `send`.
     connected: bool,
     transport: Py<PyAny>,
-    state: Mutex<State>,
+    state: GilCell<State>,
 }
 
-/// What the engine's reader holds: a reference to the core.
-struct CoreRef(Py<DatagramCore>);
-
-impl IoTarget for CoreRef {
-    fn on_ready(&self, py: Python<'_>, _side: Side) -> PyResult<()> {
-        DatagramCore::read_ready(self.0.bind(py))
+impl NativeWatcher for DatagramCore {
+    fn on_ready(slf: &Bound<'_, Self>, _side: Side) -> PyResult<()> {
+        Self::read_ready(slf)
     }
+}
 
-    fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(&self.0)
-    }
+/// What the read path calls: the protocol's method, or `error_received`.
+enum Delivery<'py> {
+    Datagram(Bound<'py, PyBytes>, Bound<'py, PyAny>),
+    Error(PyErr),
 }
 
 impl DatagramCore {
-    /// The transport's current protocol, its methods resolved.
-    fn protocol<'py>(
-        &self,
-        py: Python<'py>,
-    ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>, Bound<'py, PyAny>)> {
-        let current = self.transport.bind(py).getattr(intern!(py, "_protocol"))?;
-        let mut st = self.state.lock();
-        let cached = st.protocol.as_ref().filter(|p| p.object.is(&current));
-        let p = match cached {
-            Some(p) => p,
-            None => {
-                let resolved = Protocol {
-                    datagram_received: current.getattr(intern!(py, "datagram_received"))?.unbind(),
-                    error_received: current.getattr(intern!(py, "error_received"))?.unbind(),
-                    object: current.clone().unbind(),
-                };
-                let old = st.protocol.replace(resolved);
-                drop(old);
-                st.protocol.as_ref().expect("just set")
-            }
+    /// Delivers one datagram or error to the protocol, as asyncio's
+    /// `_read_ready` does; what the protocol raises goes to the exception
+    /// handler, and then the batch ends (false).
+    fn deliver(slf: &Bound<'_, Self>, delivery: Delivery<'_>) -> PyResult<bool> {
+        let py = slf.py();
+        let this = slf.get();
+        let Some(protocol) = this.state.lock().protocol.as_ref().map(|p| p.clone_ref(py)) else {
+            return Ok(false);
         };
-        Ok((
-            current,
-            p.datagram_received.bind(py).clone(),
-            p.error_received.bind(py).clone(),
-        ))
+        let (result, method) = match delivery {
+            Delivery::Datagram(data, addr) => (
+                protocol.call(
+                    py,
+                    &protocol.datagram_received,
+                    intern!(py, "datagram_received"),
+                    (data, addr),
+                ),
+                "datagram_received",
+            ),
+            Delivery::Error(e) => (
+                protocol.call(
+                    py,
+                    &protocol.error_received,
+                    intern!(py, "error_received"),
+                    (e.value(py),),
+                ),
+                "error_received",
+            ),
+        };
+        let Err(e) = result else {
+            return Ok(true);
+        };
+        report_protocol_error(
+            this.engine.bind(py).as_any(),
+            this.transport.bind(py),
+            Some(protocol.object.bind(py)),
+            e,
+            method,
+        )
+        .map(|()| false)
     }
 
     /// The Python tuple for `from`, reusing the last one when it is the same.
@@ -129,35 +192,22 @@ impl DatagramCore {
     fn read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let transport = this.transport.bind(py);
         for _ in 0..MAX_BATCH {
-            if transport.getattr(intern!(py, "_conn_lost"))?.is_truthy()?
-                || transport.getattr(intern!(py, "_closing"))?.is_truthy()?
-                || transport.getattr(intern!(py, "_paused"))?.is_truthy()?
+            // asyncio's transport stops reading by removing the fd's reader.
+            if !this
+                .engine
+                .get()
+                .is_watched_by(this.fd, Side::Read, slf.as_any())
             {
                 return Ok(());
             }
-            let received = recvfrom_copied(py, this.fd);
-            let (protocol, datagram_received, error_received) = this.protocol(py)?;
-            let (result, method) = match received {
+            let delivery = match recvfrom_copied(py, this.fd) {
                 Err(e) if would_block(&e) => return Ok(()),
-                Err(e) => (
-                    error_received.call1((os_error(e).value(py),)),
-                    "error_received",
-                ),
-                Ok((data, from)) => {
-                    let addr = this.peer_tuple(py, &from)?;
-                    (datagram_received.call1((data, addr)), "datagram_received")
-                }
+                Err(e) => Delivery::Error(os_error(e)),
+                Ok((data, from)) => Delivery::Datagram(data, this.peer_tuple(py, &from)?),
             };
-            if let Err(e) = result {
-                return report_protocol_error(
-                    this.engine.bind(py).as_any(),
-                    transport,
-                    Some(&protocol),
-                    e,
-                    method,
-                );
+            if !Self::deliver(slf, delivery)? {
+                return Ok(());
             }
         }
         Ok(())
@@ -167,7 +217,7 @@ impl DatagramCore {
 #[pymethods]
 impl DatagramCore {
     /// The core of `transport`, whose socket `fd` of `family` is connected
-    /// to a peer when `connected`.
+    /// to a peer when `connected`, delivering to `protocol`.
     #[new]
     fn new(
         loop_: &Bound<'_, PyAny>,
@@ -175,26 +225,37 @@ impl DatagramCore {
         family: i32,
         connected: bool,
         transport: Py<PyAny>,
+        protocol: &Bound<'_, PyAny>,
     ) -> PyResult<Self> {
+        let state = State {
+            protocol: Some(Protocol::new(protocol)),
+            peer: None,
+        };
         Ok(Self {
             engine: loop_.cast::<Engine>()?.clone().unbind(),
             fd,
             family,
             connected,
             transport,
-            state: Mutex::new(State::default()),
+            state: GilCell::new(state),
         })
+    }
+
+    /// Switches protocols (the transport's `set_protocol`).
+    fn set_protocol(&self, protocol: &Bound<'_, PyAny>) {
+        let new = Protocol::new(protocol);
+        let old = self.state.lock().protocol.replace(new);
+        drop(old);
     }
 
     /// Starts watching the socket for datagrams.
     fn start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let watcher = Watcher::Native(Arc::new(CoreRef(slf.clone().unbind())));
-        drop(
-            slf.get()
-                .engine
-                .get()
-                .set_watcher(slf.get().fd, Side::Read, Some(watcher))?,
-        );
+        let previous = slf.get().engine.get().set_watcher(
+            slf.get().fd,
+            Side::Read,
+            Some(Watcher::native(slf)),
+        )?;
+        drop(previous);
         Ok(())
     }
 
@@ -238,28 +299,23 @@ impl DatagramCore {
             Some(Ok(_)) => Ok(true),
             Some(Err(e)) if would_block(&e) => Ok(false),
             Some(Err(e)) => {
-                let (_, _, error_received) = self.protocol(py)?;
-                error_received.call1((os_error(e).value(py),))?;
+                let protocol = self.state.lock().protocol.as_ref().map(|p| p.clone_ref(py));
+                if let Some(p) = protocol {
+                    let exc = os_error(e);
+                    p.call(
+                        py,
+                        &p.error_received,
+                        intern!(py, "error_received"),
+                        (exc.value(py),),
+                    )?;
+                }
                 Ok(true)
             }
         }
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(&self.engine)?;
-        visit.call(&self.transport)?;
-        let Some(st) = self.state.try_lock() else {
-            return Ok(());
-        };
-        if let Some(p) = &st.protocol {
-            visit.call(&p.object)?;
-            visit.call(&p.datagram_received)?;
-            visit.call(&p.error_received)?;
-        }
-        if let Some((_, tuple)) = &st.peer {
-            visit.call(tuple)?;
-        }
-        Ok(())
+        (&self.engine, &self.transport, &self.state).traverse(&visit)
     }
 
     /// Drops the protocol and the cached address once the connection is lost.

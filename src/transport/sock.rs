@@ -6,11 +6,9 @@
 //! the watcher completes. A finished or cancelled wait removes its watcher,
 //! unless another wait has replaced it.
 
-use crate::engine::handle;
-use crate::engine::loop_::Engine;
-use crate::engine::watchers::{IoTarget, Side, Watcher};
-use crate::net::{os_error, read_raw, recv_bytes, send, with_bytes, would_block, writable, FdKind};
-use parking_lot::Mutex;
+use crate::engine::{Engine, GilCell, NativeWatcher, Side, Traverse, Watcher};
+use crate::errors::{escapes, os_error};
+use crate::net::{read_raw, recv_bytes, send, with_bytes, would_block, writable, FdKind};
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyStopIteration, PyTypeError, PyValueError};
 use pyo3::gc::PyVisit;
@@ -22,7 +20,6 @@ use pyo3::PyTraverseError;
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Weak};
 
 /// What the operation does.
 enum Kind {
@@ -35,12 +32,8 @@ enum Kind {
 enum Stage {
     /// Not stepped yet.
     New,
-    /// Waiting on `fut`, watched by `target` (which the engine owns).
-    Waiting {
-        fut: Py<PyAny>,
-        fd: RawFd,
-        target: Weak<dyn IoTarget>,
-    },
+    /// Waiting on `fut`, this operation watching `fd`.
+    Waiting { fut: Py<PyAny>, fd: RawFd },
     /// Returned, raised or closed.
     Done,
 }
@@ -51,26 +44,17 @@ pub struct SockOp {
     loop_: Py<PyAny>,
     sock: Py<PyAny>,
     kind: Kind,
-    stage: Mutex<Stage>,
+    stage: GilCell<Stage>,
     /// How much of a `sock_sendall` is sent.
     sent: AtomicUsize,
 }
 
-/// What the engine's watcher holds for a waiting operation.
-struct OpRef(Py<SockOp>);
-
-impl IoTarget for OpRef {
-    fn on_ready(&self, py: Python<'_>, _side: Side) -> PyResult<()> {
-        SockOp::ready(self.0.bind(py))
-    }
-
-    fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(&self.0)
-    }
-
+impl NativeWatcher for SockOp {
     /// Every attempt tries the syscall before waiting.
-    fn oneshot(&self) -> bool {
-        true
+    const ONESHOT: bool = true;
+
+    fn on_ready(slf: &Bound<'_, Self>, _side: Side) -> PyResult<()> {
+        Self::ready(slf)
     }
 }
 
@@ -154,7 +138,7 @@ impl SockOp {
         }
         let fd: RawFd = sock.call_method0(intern!(py, "fileno"))?.extract()?;
         if let Attempt::Finished(value) = this.attempt(py, fd)? {
-            *this.stage.lock() = Stage::Done;
+            this.set_stage(Stage::Done);
             return Err(PyStopIteration::new_err((value.unbind(),)));
         }
         let loop_ = this.loop_.bind(py);
@@ -162,19 +146,16 @@ impl SockOp {
             loop_.call_method1(intern!(py, "_ensure_fd_no_transport"), (fd,))?;
         }
         let fut = loop_.call_method0(intern!(py, "create_future"))?;
-        let target: Arc<dyn IoTarget> = Arc::new(OpRef(slf.clone().unbind()));
-        let weak = Arc::downgrade(&target);
         let previous = engine
             .get()
-            .set_watcher(fd, this.side(), Some(Watcher::Native(target)))?;
+            .set_watcher(fd, this.side(), Some(Watcher::native(slf)))?;
         if let Some(Watcher::Handle(h)) = previous {
             h.bind(py).call_method0(intern!(py, "cancel"))?;
         }
-        *this.stage.lock() = Stage::Waiting {
+        this.set_stage(Stage::Waiting {
             fut: fut.clone().unbind(),
             fd,
-            target: weak,
-        };
+        });
         fut.call_method1(
             intern!(py, "add_done_callback"),
             (slf.getattr(intern!(py, "_wait_done"))?,),
@@ -202,7 +183,7 @@ impl SockOp {
                 fut.call_method1(intern!(py, "set_result"), (value,))
                     .map(drop)
             }
-            Err(e) if handle::escapes(py, &e) => Err(e),
+            Err(e) if escapes(py, &e) => Err(e),
             Err(e) => {
                 Self::unwatch(slf)?;
                 fut.call_method1(intern!(py, "set_exception"), (e.value(py),))
@@ -215,23 +196,27 @@ impl SockOp {
     fn unwatch(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let waiting = match &*this.stage.lock() {
-            Stage::Waiting { fd, target, .. } => target.upgrade().map(|t| (*fd, t)),
+        let fd = match &*this.stage.lock() {
+            Stage::Waiting { fd, .. } => Some(*fd),
             _ => None,
         };
-        if let Some((fd, target)) = waiting {
+        if let Some(fd) = fd {
             this.engine(py)?
                 .get()
-                .clear_watcher_of(fd, this.side(), &target)?;
+                .clear_watcher_of(fd, this.side(), slf.as_any())?;
         }
         Ok(())
+    }
+
+    /// Moves to `stage`; what the old stage held is released afterwards.
+    fn set_stage(&self, stage: Stage) -> Stage {
+        std::mem::replace(&mut *self.stage.lock(), stage)
     }
 
     /// The value of the finished wait, as the StopIteration a coroutine raises.
     fn finish(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
         let py = slf.py();
-        let stage = std::mem::replace(&mut *slf.get().stage.lock(), Stage::Done);
-        match stage {
+        match slf.get().set_stage(Stage::Done) {
             Stage::Waiting { fut, .. } => {
                 let value = fut.bind(py).call_method0(intern!(py, "result"))?;
                 Err(PyStopIteration::new_err((value.unbind(),)))
@@ -285,7 +270,7 @@ impl SockOp {
             None => {
                 let started = Self::start(slf);
                 if started.is_err() {
-                    *slf.get().stage.lock() = Stage::Done;
+                    drop(slf.get().set_stage(Stage::Done));
                 }
                 started.map(Bound::unbind)
             }
@@ -322,8 +307,7 @@ impl SockOp {
     /// Abandons the operation, cancelling a pending wait.
     fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
-        let stage = std::mem::replace(&mut *slf.get().stage.lock(), Stage::Done);
-        if let Stage::Waiting { fut, .. } = stage {
+        if let Stage::Waiting { fut, .. } = slf.get().set_stage(Stage::Done) {
             fut.bind(py).call_method0(intern!(py, "cancel"))?;
         }
         Ok(())
@@ -335,18 +319,25 @@ impl SockOp {
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(&self.loop_)?;
-        visit.call(&self.sock)?;
-        match &self.kind {
-            Kind::RecvInto(b) | Kind::SendAll(b) => visit.call(b)?,
-            Kind::Recv(_) => {}
+        (&self.loop_, &self.sock, &self.kind, &self.stage).traverse(&visit)
+    }
+}
+
+impl Traverse for Kind {
+    fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        match self {
+            Kind::RecvInto(b) | Kind::SendAll(b) => b.traverse(visit),
+            Kind::Recv(_) => Ok(()),
         }
-        if let Some(stage) = self.stage.try_lock() {
-            if let Stage::Waiting { fut, .. } = &*stage {
-                visit.call(fut)?;
-            }
+    }
+}
+
+impl Traverse for Stage {
+    fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        match self {
+            Stage::Waiting { fut, .. } => fut.traverse(visit),
+            Stage::New | Stage::Done => Ok(()),
         }
-        Ok(())
     }
 }
 
@@ -356,7 +347,7 @@ impl SockOp {
             loop_,
             sock,
             kind,
-            stage: Mutex::new(Stage::New),
+            stage: GilCell::new(Stage::New),
             sent: AtomicUsize::new(0),
         }
     }

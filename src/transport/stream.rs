@@ -9,16 +9,14 @@
 //! the Python classes, as asyncio writes them.
 
 use super::buffer::{Chunk, WriteBuffer};
-use super::report_protocol_error;
 use super::stream_reader;
-use crate::engine::handle;
-use crate::engine::loop_::Engine;
-use crate::engine::watchers::{IoTarget, Side, Watcher};
+use crate::engine::{Engine, GilCell, NativeWatcher, Side, Traverse, Watcher};
+use crate::errors::{escapes, os_error, report_protocol_error};
 use crate::net::{
-    bulk_size, os_error, read_appended, read_bytes, read_raw, send, with_bytes, would_block,
-    writable, FdKind, BULK_READ, MAX_READ,
+    bulk_size, read_appended, read_bytes, read_raw, send, with_bytes, would_block, writable,
+    FdKind, BULK_READ, MAX_READ,
 };
-use parking_lot::Mutex;
+use crate::sys;
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::gc::PyVisit;
@@ -30,7 +28,6 @@ use pyo3::PyTraverseError;
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::Arc;
 
 /// asyncio's `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
 const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
@@ -75,6 +72,15 @@ impl Reader {
     }
 }
 
+impl Traverse for Reader {
+    fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        match self {
+            Reader::Plain(d) | Reader::Stream(d) => d.traverse(visit),
+            Reader::Buffered(g, u) => (g, u).traverse(visit),
+        }
+    }
+}
+
 #[derive(Default)]
 struct State {
     protocol: Option<Py<PyAny>>,
@@ -91,6 +97,12 @@ struct State {
     sendfile: bool,
 }
 
+impl Traverse for State {
+    fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        (&self.protocol, &self.reader, &self.buffer).traverse(visit)
+    }
+}
+
 /// The native half of a stream or pipe transport.
 #[pyclass(frozen, module = "oxloop._oxloop", name = "StreamCore")]
 pub struct StreamCore {
@@ -98,26 +110,17 @@ pub struct StreamCore {
     fd: RawFd,
     kind: FdKind,
     transport: Py<PyAny>,
-    state: Mutex<State>,
+    state: GilCell<State>,
     /// The size of the last read.
     last_read: AtomicUsize,
 }
 
-/// What the engine's watcher holds: a reference to the core, so the garbage
-/// collector sees exactly one owner of what the core refers to.
-struct CoreRef(Py<StreamCore>);
-
-impl IoTarget for CoreRef {
-    fn on_ready(&self, py: Python<'_>, side: Side) -> PyResult<()> {
-        let core = self.0.bind(py);
+impl NativeWatcher for StreamCore {
+    fn on_ready(slf: &Bound<'_, Self>, side: Side) -> PyResult<()> {
         match side {
-            Side::Read => StreamCore::read_ready(core),
-            Side::Write => StreamCore::write_ready(core),
+            Side::Read => Self::read_ready(slf),
+            Side::Write => Self::write_ready(slf),
         }
-    }
-
-    fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(&self.0)
     }
 }
 
@@ -139,7 +142,7 @@ impl StreamCore {
         if !on && engine.is_closed() {
             return Ok(());
         }
-        let watcher = on.then(|| Watcher::Native(Arc::new(CoreRef(slf.clone().unbind()))));
+        let watcher = on.then(|| Watcher::native(slf));
         let previous = engine.set_watcher(this.fd, side, watcher)?;
         drop(previous);
         Ok(())
@@ -148,7 +151,7 @@ impl StreamCore {
     /// asyncio's `_fatal_error`, unless the exception must stop the loop.
     fn fatal_error(slf: &Bound<'_, Self>, err: PyErr, message: &str) -> PyResult<()> {
         let py = slf.py();
-        if handle::escapes(py, &err) {
+        if escapes(py, &err) {
             return Err(err);
         }
         let transport = slf.get().transport.bind(py);
@@ -409,9 +412,7 @@ impl StreamCore {
 
 fn shutdown_write(fd: RawFd) -> PyResult<()> {
     // SAFETY: plain syscall on an fd the transport's socket owns.
-    if unsafe { libc::shutdown(fd, libc::SHUT_WR) } < 0 {
-        return Err(os_error(io::Error::last_os_error()));
-    }
+    sys::check(unsafe { libc::shutdown(fd, libc::SHUT_WR) }).map_err(os_error)?;
     Ok(())
 }
 
@@ -439,7 +440,7 @@ impl StreamCore {
             fd,
             kind: if pipe { FdKind::Pipe } else { FdKind::Socket },
             transport,
-            state: Mutex::new(state),
+            state: GilCell::new(state),
             last_read: AtomicUsize::new(0),
         })
     }
@@ -700,24 +701,7 @@ impl StreamCore {
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(&self.engine)?;
-        visit.call(&self.transport)?;
-        let Some(st) = self.state.try_lock() else {
-            return Ok(());
-        };
-        visit.call(&st.protocol)?;
-        match &st.reader {
-            Some(Reader::Plain(d) | Reader::Stream(d)) => visit.call(d)?,
-            Some(Reader::Buffered(g, u)) => {
-                visit.call(g)?;
-                visit.call(u)?;
-            }
-            None => {}
-        }
-        for b in st.buffer.objects() {
-            visit.call(b)?;
-        }
-        Ok(())
+        (&self.engine, &self.transport, &self.state).traverse(&visit)
     }
 
     fn __clear__(&self) {

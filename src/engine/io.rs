@@ -1,0 +1,246 @@
+//! The engine's side of the OS: the backend it waits on, the registry of
+//! what watches each fd (kept in step with the backend's interest), the
+//! waker, and a backend of its own for a forked child.
+
+use super::fork;
+use super::gil_cell::GilCell;
+use super::ready::Ready;
+use super::registry::{Registration, Registry, Side, Watcher};
+use crate::backend::waker::Waker;
+use crate::backend::{self, Backend, Event, Interest};
+use crate::errors::closed_error;
+use parking_lot::Mutex;
+use pyo3::prelude::*;
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The backend, the registry and the waker of one loop.
+pub struct Io {
+    /// Behind a mutex: it is used with the interpreter detached (the wait).
+    backend: Mutex<Option<Box<dyn Backend>>>,
+    registry: GilCell<Registry>,
+    /// What makes a blocked wait return (`call_soon_threadsafe`).
+    waker: GilCell<Option<Arc<Waker>>>,
+    /// The backend may wait with the interpreter detached (see `Backend`).
+    waits_detached: AtomicBool,
+    /// The fork generation the backend belongs to (see `fork`).
+    forks: AtomicU64,
+}
+
+impl Io {
+    /// No backend yet ([`Io::open`] makes one).
+    pub fn new() -> Self {
+        Self {
+            backend: Mutex::new(None),
+            registry: GilCell::new(Registry::default()),
+            waker: GilCell::new(None),
+            waits_detached: AtomicBool::new(false),
+            forks: AtomicU64::new(fork::generation()),
+        }
+    }
+
+    /// Opens the backend ([`backend::open`]), closing one opened before.
+    pub fn open(&self, selector: Option<Py<PyAny>>) -> PyResult<()> {
+        let waker = Arc::new(Waker::new()?);
+        let backend = backend::open(selector, waker.clone())?;
+        self.waits_detached.store(backend.waits_detached(), Relaxed);
+        self.forks.store(fork::generation(), Relaxed);
+        let old = self.backend.lock().replace(backend);
+        if let Some(mut old) = old {
+            old.close();
+        }
+        *self.waker.lock() = Some(waker);
+        Ok(())
+    }
+
+    /// Closes the backend and the waker.
+    pub fn close(&self) {
+        let backend = self.backend.lock().take();
+        if let Some(mut backend) = backend {
+            backend.close();
+        }
+        drop(self.waker.lock().take());
+    }
+
+    /// Every watcher, taken out of the registry unless it is borrowed now
+    /// (for a closing or dropped loop).
+    pub fn take_watchers(&self) -> Vec<Watcher> {
+        self.registry
+            .try_lock()
+            .map(|mut r| r.take_all())
+            .unwrap_or_default()
+    }
+
+    /// The registry, for the garbage collector.
+    pub fn registry(&self) -> &GilCell<Registry> {
+        &self.registry
+    }
+
+    /// Sets (or, with `None`, clears) what watches one side of `fd`, telling
+    /// the backend when the interest changes; returns the previous watcher.
+    pub fn set_watcher(
+        &self,
+        fd: RawFd,
+        side: Side,
+        watcher: Option<Watcher>,
+    ) -> PyResult<Option<Watcher>> {
+        let (old, new) = {
+            let reg = self.registry.lock();
+            (
+                reg.interest(fd),
+                reg.interest_with(fd, side, watcher.as_ref()),
+            )
+        };
+        if new != old {
+            self.with_backend(|b| b.set_interest(fd, old, new))?;
+        }
+        Ok(self.registry.lock().set(fd, side, watcher))
+    }
+
+    /// True when `core`'s native watcher watches one side of `fd`.
+    pub fn is_watched_by(&self, fd: RawFd, side: Side, core: &Bound<'_, PyAny>) -> bool {
+        self.registry
+            .lock()
+            .watcher(fd, side)
+            .is_some_and(|w| w.is_core(core))
+    }
+
+    /// Clears one side of `fd` if `core` still watches it: a finished wait
+    /// must not remove the wait that replaced it.
+    pub fn clear_watcher_of(
+        &self,
+        fd: RawFd,
+        side: Side,
+        core: &Bound<'_, PyAny>,
+    ) -> PyResult<Option<Watcher>> {
+        if self.is_watched_by(fd, side, core) {
+            self.set_watcher(fd, side, None)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// A copy of the watchers of `fd`, if any.
+    pub fn registration(&self, py: Python<'_>, fd: RawFd) -> Option<Registration> {
+        let reg = self.registry.lock();
+        let r = reg.get(fd)?;
+        Some(Registration {
+            reader: r.reader.as_ref().map(|w| w.clone_ref(py)),
+            writer: r.writer.as_ref().map(|w| w.clone_ref(py)),
+        })
+    }
+
+    /// Every watched fd.
+    pub fn watched_fds(&self) -> Vec<RawFd> {
+        self.registry.lock().fds().collect()
+    }
+
+    /// Makes a blocked wait return (from any attached thread).
+    pub fn wake(&self) {
+        if self.forks.load(Relaxed) != fork::generation() {
+            return; // the waker is the parent's until `check_fork` runs
+        }
+        if let Some(w) = self.waker.lock().as_ref() {
+            w.wake();
+        }
+    }
+
+    fn with_backend<T>(&self, f: impl FnOnce(&mut dyn Backend) -> io::Result<T>) -> PyResult<T> {
+        self.check_fork()?;
+        let mut backend = self.backend.lock();
+        let backend = backend.as_mut().ok_or_else(closed_error)?;
+        f(backend.as_mut()).map_err(PyErr::from)
+    }
+
+    /// In a forked child, before the backend is used: a backend of its own
+    /// (the parent's loop stays undisturbed), watching what this loop
+    /// watched, and a waker of its own.
+    fn check_fork(&self) -> PyResult<()> {
+        let generation = fork::generation();
+        // A plain load first: no atomic write in every iteration.
+        if self.forks.load(Relaxed) == generation
+            || self.forks.swap(generation, Relaxed) == generation
+        {
+            return Ok(());
+        }
+        let watched: Vec<_> = {
+            let reg = self.registry.lock();
+            reg.fds().map(|fd| (fd, reg.interest(fd))).collect()
+        };
+        let waker = Arc::new(Waker::new()?);
+        let mut backend = self.backend.lock();
+        let Some(backend) = backend.as_mut() else {
+            return Ok(());
+        };
+        if backend.reopen(waker.clone())? {
+            for (fd, interest) in watched {
+                backend.set_interest(fd, Interest::default(), interest)?;
+            }
+            *self.waker.lock() = Some(waker);
+        }
+        Ok(())
+    }
+
+    /// Waits for I/O up to `timeout`, the interpreter detached when the
+    /// backend allows it and the wait may block; the reports land in `events`.
+    pub fn wait(
+        &self,
+        py: Python<'_>,
+        timeout: Option<Duration>,
+        events: &mut Vec<Event>,
+    ) -> PyResult<()> {
+        self.check_fork()?;
+        let mut wait = || {
+            let mut guard = self.backend.lock();
+            let backend = guard
+                .as_mut()
+                .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))?;
+            backend.wait(timeout, events)
+        };
+        let r = if self.waits_detached.load(Relaxed) && timeout != Some(Duration::ZERO) {
+            py.detach(wait)
+        } else {
+            wait()
+        };
+        match r {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => py.check_signals(),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Queues the watchers of the fds `events` reports; returns the sides
+    /// whose `add_reader`/`add_writer` handle was found cancelled, for the
+    /// caller to remove.
+    pub fn dispatch(
+        &self,
+        py: Python<'_>,
+        events: &[Event],
+        ready: &mut VecDeque<Ready>,
+    ) -> Vec<(RawFd, Side)> {
+        let reg = self.registry.lock();
+        let mut stale = Vec::new();
+        for ev in events {
+            let Some(r) = reg.get(ev.fd) else {
+                continue;
+            };
+            for (fired, side, w) in [
+                (ev.readable, Side::Read, &r.reader),
+                (ev.writable, Side::Write, &r.writer),
+            ] {
+                match (fired, w) {
+                    (true, Some(Watcher::Handle(h))) if super::handle::is_cancelled(h.bind(py)) => {
+                        stale.push((ev.fd, side));
+                    }
+                    (true, Some(w)) => ready.push_back(Ready::from_watcher(w.clone_ref(py), side)),
+                    _ => {}
+                }
+            }
+        }
+        stale
+    }
+}
