@@ -1,8 +1,11 @@
 # oxloop's two commands:
 #   make run    build oxloop and run a demo asyncio program on it
-#   make test   lint, Rust unit tests, then for every Python: behaviour tests
-#               (integration tests against real redis-server and PostgreSQL
-#               included) and CPython's test_asyncio conformance suite
+#   make test   lint (rustfmt and clippy for the engine and bench/loadgen,
+#               ruff, and stubtest: the extension's stubs against the built
+#               module), Rust unit tests, then for
+#               every Python: behaviour tests (integration tests against real
+#               redis-server and PostgreSQL included) and CPython's
+#               test_asyncio conformance suite
 #   make bench  every benchmark against every rival loop; writes docs/benchmarks.md
 # Everything installs into .venv-<version>/ (pip packages and the Rust build).
 
@@ -36,8 +39,11 @@ cargo_env = PYO3_PYTHON=$(call vpy,$(RUN_VERSION)) \
 lint: venv-$(RUN_VERSION)
 	cargo fmt --check
 	$(cargo_env) cargo clippy --release --all-targets -q -- -D warnings
+	cargo fmt --check --manifest-path bench/loadgen/Cargo.toml
+	cargo clippy --release --all-targets -q --manifest-path bench/loadgen/Cargo.toml -- -D warnings
 	$(call vpy,$(RUN_VERSION)) -m ruff check python tests bench examples
 	$(call vpy,$(RUN_VERSION)) -m ruff format --check python tests bench examples
+	$(call vpy,$(RUN_VERSION)) -m mypy.stubtest oxloop._oxloop
 
 rust-test: venv-$(RUN_VERSION)
 	$(cargo_env) cargo test --release -q

@@ -4,6 +4,7 @@ the reference: a test that fails on asyncio is a wrong test."""
 from __future__ import annotations
 
 import asyncio
+import os
 import selectors
 
 import oxloop
@@ -38,3 +39,13 @@ def loop(loop_factory):
 @pytest.fixture
 def is_oxloop(flavour) -> bool:
     return flavour.startswith("oxloop")
+
+
+@pytest.fixture
+def open_fds():
+    """A function counting the process's open fds, to compare before and after."""
+
+    def count() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    return count

@@ -227,3 +227,47 @@ def test_unix_datagrams(loop):
             server.close()
 
     loop.run_until_complete(main())
+
+
+def test_udp_echo_of_a_hundred_thousand_datagrams(loop):
+    total, window = 100_000, 64
+
+    class Echo(asyncio.DatagramProtocol):
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def datagram_received(self, data, addr):
+            self.transport.sendto(data, addr)
+
+    class Client(asyncio.DatagramProtocol):
+        def __init__(self):
+            self.received = 0
+            self.sent = 0
+            self.done = loop.create_future()
+
+        def connection_made(self, transport):
+            self.transport = transport
+            for _ in range(window):
+                self.send()
+
+        def send(self):
+            if self.sent < total:
+                self.transport.sendto(self.sent.to_bytes(4, "big"))
+                self.sent += 1
+
+        def datagram_received(self, data, addr):
+            self.received += 1
+            if self.received == total:
+                self.done.set_result(None)
+            self.send()
+
+    async def main():
+        server, _ = await loop.create_datagram_endpoint(Echo, local_addr=("127.0.0.1", 0))
+        port = server.get_extra_info("sockname")[1]
+        client, proto = await loop.create_datagram_endpoint(Client, remote_addr=("127.0.0.1", port))
+        await asyncio.wait_for(proto.done, 120)
+        assert proto.received == total
+        client.close()
+        server.close()
+
+    loop.run_until_complete(main())

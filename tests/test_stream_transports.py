@@ -339,10 +339,7 @@ def test_raising_protocol_reaches_handler_and_closes(loop):
     assert "transport" in contexts[0] and "protocol" in contexts[0]
 
 
-def test_no_fd_left_after_many_connections(loop):
-    def open_fds():
-        return len(os.listdir("/proc/self/fd"))
-
+def test_no_fd_left_after_many_connections(loop, open_fds):
     async def main():
         server, addr = await serve(loop, Echo)
         before = open_fds()
