@@ -4,15 +4,17 @@
 
 Each workload runs under `valgrind --tool=callgrind` twice, with n and 2n
 operations; the difference divided by n is what one operation costs, with
-start-up and the interpreter's own set-up cancelled out. Instruction counts
-are repeatable where timings on a shared machine are not, so this is what a
-change to a hot path is checked with (before and after, same binary inputs).
+start-up and the interpreter's own set-up cancelled out. With a fixed hash
+seed, instruction counts are repeatable where timings on a shared machine
+are not, so this is what a change to a hot path is checked with (before and
+after).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import shutil
 import subprocess
@@ -97,7 +99,9 @@ def instructions(loop_name: str, name: str, n: int) -> int:
         name,
         str(n),
     ]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stderr
+    # A fixed hash seed: string hashes decide dict layouts, and so counts.
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stderr
     match = re.search(r"Collected : (\d+)", out)
     if match is None:
         raise RuntimeError(f"no instruction count for {name}:\n{out}")

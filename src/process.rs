@@ -50,7 +50,7 @@ impl NativeWatcher for ChildWatch {
         drop(
             engine
                 .get()
-                .set_watcher(this.pidfd.as_raw_fd(), Side::Read, None)?,
+                .set_watcher(py, this.pidfd.as_raw_fd(), Side::Read, None)?,
         );
         engine
             .call_method1(
@@ -121,7 +121,7 @@ pub fn watch_child(
     drop(
         engine
             .get()
-            .set_watcher(fd, Side::Read, Some(Watcher::native(&watch)))?,
+            .set_watcher(loop_.py(), fd, Side::Read, Some(Watcher::native(&watch)))?,
     );
     Ok(true)
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import asyncio
 import os
 import socket
@@ -396,4 +397,107 @@ def test_sock_operations_behave_as_coroutines(loop):
 
     loop.run_until_complete(main())
     a.close()
+    b.close()
+
+
+@pytest.mark.parametrize("side", ["reader", "writer"])
+def test_a_socket_closed_while_registered_is_found_by_the_object(loop, side):
+    # anyio closes a socket while a receive or send waits, then removes it.
+    add, remove = getattr(loop, f"add_{side}"), getattr(loop, f"remove_{side}")
+    a, b = nonblocking_pair()
+    add(a, lambda: None)
+    a.close()
+    assert remove(a) is True
+    with pytest.raises(ValueError, match="Invalid file descriptor: -1"):
+        remove(a)  # no registration is left to find it by
+    b.close()
+
+
+def test_the_next_socket_with_a_closed_ones_fd_sees_its_events(loop, flavour):
+    # A socket closed while registered and never removed: its fd number,
+    # reused by the next socket, must not keep the old watcher.
+    if flavour == "asyncio":
+        pytest.xfail(
+            "asyncio's selector keeps the closed socket's key, and re-adding a reader "
+            "under that fd only replaces the key's data: the new socket never reaches epoll"
+        )
+    a, b = nonblocking_pair()
+    fd = a.fileno()
+    loop.add_reader(a, lambda: None)
+    a.close()
+    reused, d = nonblocking_pair()
+    if reused.fileno() != fd:  # the kernel hands out the lowest free number
+        os.dup2(reused.fileno(), fd)
+        reused.close()
+        reused = socket.socket(fileno=fd)
+    got = []
+
+    def on_read():
+        got.append(reused.recv(10))
+        loop.stop()
+
+    loop.add_reader(reused, on_read)
+    d.send(b"hello")
+    loop.call_later(5, loop.stop)
+    loop.run_forever()
+    assert got == [b"hello"]
+    assert loop.remove_reader(reused) is True
+    for s in (b, d, reused):
+        s.close()
+
+
+def test_fds_no_os_hands_out_are_never_watched(loop):
+    assert loop.remove_reader(10**100) is False
+    assert loop.remove_writer(2**40) is False
+    with pytest.raises(OverflowError):
+        loop.add_reader(2**40, lambda: None)
+    with pytest.raises(ValueError, match="Invalid file descriptor: -1"):
+        loop.add_reader(-1, lambda: None)
+    with pytest.raises(ValueError, match="Invalid file object"):
+        loop.remove_reader("nope")
+
+
+def test_sock_buffers_of_any_format(loop):
+    a, b = nonblocking_pair()
+
+    async def main():
+        target = array.array("i", [0, 0])
+        await loop.sock_sendall(a, array.array("i", [7, -1]).tobytes())
+        got = 0
+        while got < 8:
+            view = memoryview(target).cast("B")[got:]
+            got += await loop.sock_recv_into(b, view if got else target)
+        assert list(target) == [7, -1]
+        with pytest.raises(BufferError):
+            await loop.sock_sendall(a, memoryview(b"abcdef")[::2])
+
+    loop.run_until_complete(main())
+    a.close()
+    b.close()
+
+
+def test_buffered_protocol_buffers_of_any_format(loop):
+    a, b = nonblocking_pair()
+    received = loop.create_future()
+
+    class Reader(asyncio.BufferedProtocol):
+        def __init__(self):
+            self.buf = array.array("i", [0] * 4)
+            self.got = 0
+
+        def get_buffer(self, sizehint):
+            return self.buf
+
+        def buffer_updated(self, nbytes):
+            self.got += nbytes
+            if not received.done():
+                received.set_result(bytes(memoryview(self.buf).cast("B")[:nbytes]))
+
+    async def main():
+        transport, _ = await loop.connect_accepted_socket(Reader, a)
+        b.send(b"12345678")
+        assert await received == b"12345678"
+        transport.close()
+
+    loop.run_until_complete(main())
     b.close()

@@ -191,3 +191,24 @@ def test_command_line_bench_compares_loops(tmp_path):
         timeout=60,
     )
     assert unknown.returncode == 2 and "unknown benchmarks: nope" in unknown.stderr
+
+
+def test_a_refused_nested_run_forever_leaves_the_loop_running(loop, flavour):
+    if flavour == "asyncio" and sys.version_info[:2] == (3, 13):
+        pytest.xfail(
+            "asyncio 3.13 checks inside run_forever's try, so the refusal's finally "
+            "resets the running loop; oxloop keeps 3.11/3.12's behaviour"
+        )
+    seen = []
+
+    async def main():
+        for _ in range(2):
+            with pytest.raises(RuntimeError, match="already running"):
+                loop.run_forever()
+            seen.append(asyncio.get_running_loop() is loop)
+        await asyncio.sleep(0)
+        seen.append(asyncio.get_running_loop() is loop)
+
+    loop.run_until_complete(main())
+    assert seen == [True, True, True]
+    assert not loop.is_running()

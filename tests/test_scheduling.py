@@ -634,3 +634,12 @@ def test_handles_held_by_another_thread_while_they_run(loop):
     loop.run_forever()
     thread.join()
     assert len(done) == n
+
+
+def test_a_nan_delay_runs_at_once(loop):
+    ran = []
+    loop.call_later(float("nan"), ran.append, "nan")
+    loop.call_later(3600, ran.append, "later")
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert ran == ["nan"]

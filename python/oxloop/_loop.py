@@ -230,6 +230,10 @@ class Loop(Engine, asyncio.AbstractEventLoop):
 
     def run_forever(self):
         """Run until stop() is called."""
+        # Refused before the try: a refused nested call must not reset the
+        # running loop's state in the finally.
+        self._check_closed()
+        self._check_running()
         try:
             self._run_forever_setup()
             self._run_until_stopped()

@@ -5,11 +5,13 @@
 use super::fork;
 use super::gil_cell::GilCell;
 use super::ready::Ready;
-use super::registry::{Registration, Registry, Side, Watcher};
+use super::registry::{fileobj_to_fd, Registration, Registry, Side, Watcher};
 use crate::backend::waker::Waker;
 use crate::backend::{self, Backend, Event, Interest};
 use crate::errors::closed_error;
 use parking_lot::Mutex;
+use pyo3::exceptions::PyValueError;
+use pyo3::intern;
 use pyo3::prelude::*;
 use std::collections::VecDeque;
 use std::io;
@@ -17,6 +19,10 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// An fd's interest and its asyncio handles (reader, writer): what a
+/// selector key tells.
+pub type HandleKey = (Interest, Option<Py<PyAny>>, Option<Py<PyAny>>);
 
 /// The backend, the registry and the waker of one loop.
 pub struct Io {
@@ -66,9 +72,9 @@ impl Io {
         drop(self.waker.lock().take());
     }
 
-    /// Every watcher, taken out of the registry unless it is borrowed now
-    /// (for a closing or dropped loop).
-    pub fn take_watchers(&self) -> Vec<Watcher> {
+    /// Every registration, taken out of the registry unless it is borrowed
+    /// now (for a closing or dropped loop).
+    pub fn take_registrations(&self) -> Vec<Registration> {
         self.registry
             .try_lock()
             .map(|mut r| r.take_all())
@@ -84,9 +90,47 @@ impl Io {
     /// the backend when the interest changes; returns the previous watcher.
     pub fn set_watcher(
         &self,
+        py: Python<'_>,
         fd: RawFd,
         side: Side,
         watcher: Option<Watcher>,
+    ) -> PyResult<Option<Watcher>> {
+        let stale = watcher.is_some() && self.purge_stale(py, fd, None)?;
+        self.change(fd, side, watcher, None, stale)
+    }
+
+    /// `add_reader`/`add_writer`: `handle` watches one side of `fd`, which
+    /// `fileobj` named. The backend hears of it even when the interest
+    /// stays the same (the fd may be a new file under an old number, as
+    /// asyncio's selector `modify`s it); returns the previous watcher.
+    pub fn add_handle(
+        &self,
+        py: Python<'_>,
+        fd: RawFd,
+        side: Side,
+        handle: Py<PyAny>,
+        fileobj: &Bound<'_, PyAny>,
+    ) -> PyResult<Option<Watcher>> {
+        let stale = self.purge_stale(py, fd, Some(fileobj))?;
+        let replacing = self.registry.lock().watcher(fd, side).is_some();
+        self.change(
+            fd,
+            side,
+            Some(Watcher::Handle(handle)),
+            Some(fileobj),
+            stale || replacing,
+        )
+    }
+
+    /// Moves one side of `fd` to `watcher`; `tell` makes the backend hear
+    /// of it even when the interest is unchanged.
+    fn change(
+        &self,
+        fd: RawFd,
+        side: Side,
+        watcher: Option<Watcher>,
+        fileobj: Option<&Bound<'_, PyAny>>,
+        tell: bool,
     ) -> PyResult<Option<Watcher>> {
         let (old, new) = {
             let reg = self.registry.lock();
@@ -95,10 +139,62 @@ impl Io {
                 reg.interest_with(fd, side, watcher.as_ref()),
             )
         };
-        if new != old {
+        if new != old || (tell && !new.is_empty()) {
             self.with_backend(|b| b.set_interest(fd, old, new))?;
         }
-        Ok(self.registry.lock().set(fd, side, watcher))
+        let (previous, fileobj) = self.registry.lock().set(fd, side, watcher, fileobj);
+        drop(fileobj);
+        Ok(previous)
+    }
+
+    /// An fd number the loop no longer owns never keeps a watcher: when the
+    /// object a registration of `fd` was made with (other than `fileobj`)
+    /// no longer has that fd (it was closed, and the number reused), the
+    /// registration ends and its handles are cancelled. True when one ended.
+    fn purge_stale(
+        &self,
+        py: Python<'_>,
+        fd: RawFd,
+        fileobj: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
+        let owner = {
+            let reg = self.registry.lock();
+            let owner = reg.get(fd).and_then(|r| r.fileobj.as_ref());
+            match owner {
+                Some(o) if !fileobj.is_some_and(|f| f.is(o)) => o.clone_ref(py),
+                _ => return Ok(false),
+            }
+        };
+        let owner = owner.into_bound(py);
+        if fileobj_to_fd(&owner).is_ok_and(|owned| owned == Some(fd)) {
+            return Ok(false);
+        }
+        let Some(gone) = self.registry.lock().remove(fd) else {
+            return Ok(false);
+        };
+        self.with_backend(|b| b.set_interest(fd, gone.interest(), Interest::default()))?;
+        for h in [gone.reader, gone.writer].into_iter().flatten() {
+            if let Watcher::Handle(h) = h {
+                h.bind(py).call_method0(intern!(py, "cancel"))?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// The fd `fileobj` names, as asyncio's selector looks it up: its
+    /// `fileno()`, or, once that fails (a closed socket's is -1), the fd
+    /// whose registration was made with this very object. `None`: an fd
+    /// beyond any the OS hands out.
+    pub fn lookup(&self, fileobj: &Bound<'_, PyAny>) -> PyResult<Option<RawFd>> {
+        match fileobj_to_fd(fileobj) {
+            Err(e) if e.is_instance_of::<PyValueError>(fileobj.py()) => {
+                match self.registry.lock().fd_of(fileobj) {
+                    Some(fd) => Ok(Some(fd)),
+                    None => Err(e),
+                }
+            }
+            r => r,
+        }
     }
 
     /// True when `core`'s native watcher watches one side of `fd`.
@@ -118,20 +214,22 @@ impl Io {
         core: &Bound<'_, PyAny>,
     ) -> PyResult<Option<Watcher>> {
         if self.is_watched_by(fd, side, core) {
-            self.set_watcher(fd, side, None)
+            self.change(fd, side, None, None, false)
         } else {
             Ok(None)
         }
     }
 
-    /// A copy of the watchers of `fd`, if any.
-    pub fn registration(&self, py: Python<'_>, fd: RawFd) -> Option<Registration> {
+    /// The interest in `fd` and its asyncio handles, if it is registered.
+    pub fn handles(&self, py: Python<'_>, fd: RawFd) -> Option<HandleKey> {
         let reg = self.registry.lock();
         let r = reg.get(fd)?;
-        Some(Registration {
-            reader: r.reader.as_ref().map(|w| w.clone_ref(py)),
-            writer: r.writer.as_ref().map(|w| w.clone_ref(py)),
-        })
+        let handle = |w: &Option<Watcher>| {
+            w.as_ref()
+                .and_then(Watcher::handle)
+                .map(|h| h.clone_ref(py))
+        };
+        Some((r.interest(), handle(&r.reader), handle(&r.writer)))
     }
 
     /// Every watched fd.

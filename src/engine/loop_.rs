@@ -13,12 +13,12 @@ use super::gil_cell::GilCell;
 use super::handle;
 use super::io::Io;
 use super::ready::Ready;
-use super::registry::{fileobj_to_fd, Side, Watcher};
+use super::registry::{Registration, Side, Watcher};
 use super::task;
 use super::timers::{monotonic, resolution, Timers};
 use crate::backend::Event;
 use crate::errors::{closed_error, escapes};
-use pyo3::exceptions::{PyKeyError, PyRuntimeError, PyTypeError};
+use pyo3::exceptions::{PyKeyError, PyOverflowError, PyRuntimeError, PyTypeError};
 use pyo3::ffi;
 use pyo3::gc::PyVisit;
 use pyo3::intern;
@@ -75,7 +75,7 @@ impl Traverse for State {
 /// borrowed: handles are tracked again as they leave ([`handle::retrack`]).
 struct Held {
     ready: Vec<Ready>,
-    watchers: Vec<Watcher>,
+    registrations: Vec<Registration>,
     handles: Vec<Py<PyAny>>,
 }
 
@@ -85,10 +85,14 @@ impl Held {
             Ready::Callback(h) => Some(h),
             Ready::Io(..) => None,
         });
-        let watching = self.watchers.into_iter().filter_map(|w| match w {
-            Watcher::Handle(h) => Some(h),
-            Watcher::Native(_) => None,
-        });
+        let watching = self
+            .registrations
+            .into_iter()
+            .flat_map(|r| [r.reader, r.writer])
+            .filter_map(|w| match w {
+                Some(Watcher::Handle(h)) => Some(h),
+                _ => None,
+            });
         for h in queued.chain(watching).chain(self.handles) {
             handle::retrack(h.bind(py));
         }
@@ -213,11 +217,12 @@ impl Engine {
     /// the previous watcher.
     pub fn set_watcher(
         &self,
+        py: Python<'_>,
         fd: RawFd,
         side: Side,
         watcher: Option<Watcher>,
     ) -> PyResult<Option<Watcher>> {
-        self.io.set_watcher(fd, side, watcher)
+        self.io.set_watcher(py, fd, side, watcher)
     }
 
     /// True when `core`'s native watcher watches one side of `fd`.
@@ -244,10 +249,16 @@ impl Engine {
     ) -> PyResult<Bound<'py, PyAny>> {
         let this = slf.get();
         this.check_closed()?;
-        let fd = fileobj_to_fd(fd)?;
+        let fileobj = fd;
+        let fd = this
+            .io
+            .lookup(fileobj)?
+            .ok_or_else(|| PyOverflowError::new_err("Python int too large to convert to C int"))?;
         let debug = this.debug.load(Relaxed);
         let h = handle::new(slf.as_any(), callback, args, None, None, debug, None)?;
-        let previous = this.set_watcher(fd, side, Some(Watcher::Handle(h.clone().unbind())))?;
+        let previous = this
+            .io
+            .add_handle(slf.py(), fd, side, h.clone().unbind(), fileobj)?;
         if let Some(Watcher::Handle(previous)) = previous {
             previous
                 .bind(slf.py())
@@ -256,13 +267,28 @@ impl Engine {
         Ok(h)
     }
 
-    /// `_remove_reader` / `_remove_writer`: true when a watcher was removed.
+    /// `_remove_reader` / `_remove_writer` of the fd `fileobj` names.
+    fn remove_watch_of(
+        slf: &Bound<'_, Self>,
+        side: Side,
+        fileobj: &Bound<'_, PyAny>,
+    ) -> PyResult<bool> {
+        if slf.get().closed.load(Relaxed) {
+            return Ok(false);
+        }
+        match slf.get().io.lookup(fileobj)? {
+            Some(fd) => Self::remove_watch(slf, side, fd),
+            None => Ok(false),
+        }
+    }
+
+    /// Removes what watches one side of `fd`: true when a watcher was removed.
     fn remove_watch(slf: &Bound<'_, Self>, side: Side, fd: RawFd) -> PyResult<bool> {
         let this = slf.get();
         if this.closed.load(Relaxed) {
             return Ok(false);
         }
-        match this.set_watcher(fd, side, None)? {
+        match this.set_watcher(slf.py(), fd, side, None)? {
             Some(Watcher::Handle(h)) => h
                 .bind(slf.py())
                 .call_method0(intern!(slf.py(), "cancel"))
@@ -423,7 +449,7 @@ impl Engine {
         };
         let mut held = Held {
             ready,
-            watchers: self.io.take_watchers(),
+            registrations: self.io.take_registrations(),
             handles,
         };
         if let Some(mut free) = self.free.try_lock() {
@@ -515,11 +541,11 @@ impl Engine {
     }
 
     fn _remove_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
-        Self::remove_watch(slf, Side::Read, fileobj_to_fd(fd)?)
+        Self::remove_watch_of(slf, Side::Read, fd)
     }
 
     fn _remove_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
-        Self::remove_watch(slf, Side::Write, fileobj_to_fd(fd)?)
+        Self::remove_watch_of(slf, Side::Write, fd)
     }
 
     /// `(fd, events, reader, writer)` of a watched fd (or file object), in
@@ -531,19 +557,12 @@ impl Engine {
         py: Python<'_>,
         fd: &Bound<'_, PyAny>,
     ) -> PyResult<(RawFd, u8, Option<Py<PyAny>>, Option<Py<PyAny>>)> {
-        let fd = fileobj_to_fd(fd)?;
-        let w = self
-            .io
-            .registration(py, fd)
-            .ok_or_else(|| PyKeyError::new_err(fd))?;
-        let interest = w.interest();
+        let key = self.io.lookup(fd)?;
+        let (fd, (interest, reader, writer)) = key
+            .and_then(|n| Some((n, self.io.handles(py, n)?)))
+            .ok_or_else(|| PyKeyError::new_err(fd.clone().unbind()))?;
         let events = u8::from(interest.readable) | (u8::from(interest.writable) << 1);
-        let handle = |w: &Option<Watcher>| {
-            w.as_ref()
-                .and_then(Watcher::handle)
-                .map(|h| h.clone_ref(py))
-        };
-        Ok((fd, events, handle(&w.reader), handle(&w.writer)))
+        Ok((fd, events, reader, writer))
     }
 
     /// Every watched fd.

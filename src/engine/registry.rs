@@ -127,6 +127,10 @@ pub struct Registration {
     pub reader: Option<Watcher>,
     /// Called when the fd is writable.
     pub writer: Option<Watcher>,
+    /// The object `add_reader`/`add_writer` was given when it made the
+    /// registration (a socket, say), as asyncio's selector key keeps it: the
+    /// registration is found through it once its `fileno()` is -1.
+    pub fileobj: Option<Py<PyAny>>,
 }
 
 impl Registration {
@@ -199,14 +203,39 @@ impl Registry {
         }
     }
 
-    /// Replaces one side's watcher and returns the previous one.
-    pub fn set(&mut self, fd: RawFd, side: Side, watcher: Option<Watcher>) -> Option<Watcher> {
-        let watch = self.map.entry(fd).or_default();
-        let old = std::mem::replace(watch.side(side), watcher);
-        if watch.interest().is_empty() {
-            self.map.remove(&fd);
+    /// Replaces one side's watcher and returns the previous one, and the
+    /// file object when the registration ends. A new registration keeps
+    /// `fileobj`.
+    pub fn set(
+        &mut self,
+        fd: RawFd,
+        side: Side,
+        watcher: Option<Watcher>,
+        fileobj: Option<&Bound<'_, PyAny>>,
+    ) -> (Option<Watcher>, Option<Py<PyAny>>) {
+        let r = self.map.entry(fd).or_insert_with(|| Registration {
+            fileobj: fileobj.map(|f| f.clone().unbind()),
+            ..Registration::default()
+        });
+        let old = std::mem::replace(r.side(side), watcher);
+        if r.interest().is_empty() {
+            let gone = self.map.remove(&fd).and_then(|r| r.fileobj);
+            return (old, gone);
         }
-        old
+        (old, None)
+    }
+
+    /// Ends the registration of `fd`, whatever it holds.
+    pub fn remove(&mut self, fd: RawFd) -> Option<Registration> {
+        self.map.remove(&fd)
+    }
+
+    /// The fd whose registration was made with the object `fileobj`.
+    pub fn fd_of(&self, fileobj: &Bound<'_, PyAny>) -> Option<RawFd> {
+        self.map
+            .iter()
+            .find(|(_, r)| r.fileobj.as_ref().is_some_and(|f| f.is(fileobj)))
+            .map(|(fd, _)| *fd)
     }
 
     /// Every watched fd.
@@ -216,11 +245,8 @@ impl Registry {
 
     /// Removes everything, returning it so it can be released once the
     /// registry is no longer borrowed.
-    pub fn take_all(&mut self) -> Vec<Watcher> {
-        std::mem::take(&mut self.map)
-            .into_values()
-            .flat_map(|r| r.reader.into_iter().chain(r.writer))
-            .collect()
+    pub fn take_all(&mut self) -> Vec<Registration> {
+        std::mem::take(&mut self.map).into_values().collect()
     }
 }
 
@@ -228,20 +254,21 @@ impl Traverse for Registry {
     fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
         self.map
             .values()
-            .flat_map(|r| r.reader.iter().chain(&r.writer))
-            .try_for_each(|w| w.traverse(visit))
+            .try_for_each(|r| (&r.reader, &r.writer, &r.fileobj).traverse(visit))
     }
 }
 
-/// asyncio's `selectors._fileobj_to_fd`: an int, or an object with `fileno()`.
-pub fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
+/// asyncio's `selectors._fileobj_to_fd`: an int, or an object with
+/// `fileno()`. `None` for an fd beyond any the OS hands out (which nothing
+/// can watch).
+pub fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<Option<RawFd>> {
     let py = obj.py();
-    let fd: i64 = if obj.is_instance_of::<PyInt>() {
-        obj.extract()?
-    } else {
-        obj.call_method0(intern!(py, "fileno"))
+    let fd = match obj.cast::<PyInt>() {
+        Ok(fd) => fd.clone(),
+        Err(_) => obj
+            .call_method0(intern!(py, "fileno"))
             .and_then(|n| py.get_type::<PyInt>().call1((n,)))
-            .and_then(|n| n.extract())
+            .and_then(|n| Ok(n.cast_into::<PyInt>()?))
             .map_err(|e| {
                 if e.is_instance_of::<PyAttributeError>(py)
                     || e.is_instance_of::<PyTypeError>(py)
@@ -252,10 +279,12 @@ pub fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
                 } else {
                     e
                 }
-            })?
+            })?,
     };
-    RawFd::try_from(fd)
-        .ok()
-        .filter(|fd| *fd >= 0)
-        .ok_or_else(|| PyValueError::new_err(format!("Invalid file descriptor: {fd}")))
+    if fd.lt(0)? {
+        return Err(PyValueError::new_err(format!(
+            "Invalid file descriptor: {fd}"
+        )));
+    }
+    Ok(fd.extract::<RawFd>().ok())
 }

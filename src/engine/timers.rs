@@ -101,8 +101,15 @@ impl<T> Default for TimerHeap<T> {
 }
 
 impl<T> TimerHeap<T> {
-    /// Schedules `item` at `when` (loop time, seconds).
+    /// Schedules `item` at `when` (loop time, seconds). A NaN deadline is
+    /// due at once, as in asyncio's loop (which pops a timer unless its
+    /// deadline compares at or after the end of the iteration).
     pub fn push(&mut self, when: f64, item: T) {
+        let when = if when.is_nan() {
+            f64::NEG_INFINITY
+        } else {
+            when
+        };
         self.seq += 1;
         let key = u128::from(order_bits(when)) << 64 | u128::from(self.seq);
         self.heap.push(Entry { key, item });
@@ -268,6 +275,15 @@ mod tests {
         h.push(1.0, "a2");
         let order: Vec<_> = std::iter::from_fn(|| h.pop().map(|(_, x)| x)).collect();
         assert_eq!(order, ["a1", "a2", "b", "c"]);
+    }
+
+    #[test]
+    fn a_nan_deadline_is_due_at_once() {
+        let mut h = TimerHeap::default();
+        h.push(1.0, 1);
+        h.push(f64::NAN, 2);
+        assert_eq!(h.pop_due(0.0), Some(2));
+        assert_eq!(h.pop_due(0.0), None);
     }
 
     #[test]

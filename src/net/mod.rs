@@ -8,10 +8,11 @@ use crate::sys;
 use addr::SockAddr;
 
 use pyo3::buffer::PyBuffer;
-use pyo3::exceptions::PyTypeError;
+use pyo3::exceptions::PyBufferError;
 use pyo3::ffi;
+use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes};
+use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
 use rustc_hash::FxHashSet;
 use std::cell::RefCell;
 use std::ffi::c_int;
@@ -63,6 +64,27 @@ pub fn send(fd: RawFd, data: &[u8], kind: FdKind) -> io::Result<usize> {
     sys::check(n).map(|n| n as usize)
 }
 
+/// What asyncio's socket calls raise for a buffer that is not contiguous.
+fn not_contiguous() -> PyErr {
+    PyBufferError::new_err("memoryview: underlying buffer is not C-contiguous")
+}
+
+/// `obj`'s buffer seen as bytes whatever its item format (`array('i')`, a
+/// NumPy array), as a socket reads into or writes from it.
+pub fn byte_buffer(obj: &Bound<'_, PyAny>) -> PyResult<PyBuffer<u8>> {
+    let py = obj.py();
+    match PyBuffer::<u8>::get(obj) {
+        Err(e) if e.is_instance_of::<PyBufferError>(py) => {
+            let view = PyMemoryView::from(obj)?;
+            let bytes = view
+                .call_method1(intern!(py, "cast"), ("B",))
+                .map_err(|_| not_contiguous())?;
+            PyBuffer::<u8>::get(&bytes)
+        }
+        r => r,
+    }
+}
+
 /// Calls `f` with the bytes of `data` (bytes, bytearray, memoryview or any
 /// C-contiguous buffer) and, for `bytes`, the object itself, which can be
 /// kept instead of copied.
@@ -73,9 +95,9 @@ pub fn with_bytes<R>(
     if let Ok(b) = data.cast::<PyBytes>() {
         return f(b.as_bytes(), Some(b));
     }
-    let buf = PyBuffer::<u8>::get(data)?;
+    let buf = byte_buffer(data)?;
     if !buf.is_c_contiguous() {
-        return Err(PyTypeError::new_err("data must be a C-contiguous buffer"));
+        return Err(not_contiguous());
     }
     // SAFETY: the buffer is C-contiguous, `len_bytes` long and exported
     // (alive, unmoved) while `buf` lives; the GIL is held throughout.

@@ -251,6 +251,7 @@ impl DatagramCore {
     /// Starts watching the socket for datagrams.
     fn start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
         let previous = slf.get().engine.get().set_watcher(
+            slf.py(),
             slf.get().fd,
             Side::Read,
             Some(Watcher::native(slf)),

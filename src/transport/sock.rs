@@ -8,8 +8,9 @@
 
 use crate::engine::{Engine, GilCell, NativeWatcher, Side, Traverse, Watcher};
 use crate::errors::{escapes, os_error};
-use crate::net::{read_raw, recv_bytes, send, with_bytes, would_block, writable, FdKind};
-use pyo3::buffer::PyBuffer;
+use crate::net::{
+    byte_buffer, read_raw, recv_bytes, send, with_bytes, would_block, writable, FdKind,
+};
 use pyo3::exceptions::{PyStopIteration, PyTypeError, PyValueError};
 use pyo3::gc::PyVisit;
 use pyo3::intern;
@@ -81,7 +82,7 @@ impl SockOp {
         let result: io::Result<Bound<'py, PyAny>> = match &self.kind {
             Kind::Recv(n) => recv_bytes(py, fd, *n).map(Bound::into_any),
             Kind::RecvInto(buf) => {
-                let buf = PyBuffer::<u8>::get(buf.bind(py))?;
+                let buf = byte_buffer(buf.bind(py))?;
                 let (ptr, len) = writable(&buf).ok_or_else(|| {
                     PyTypeError::new_err("a writable, C-contiguous buffer is required")
                 })?;
@@ -148,7 +149,7 @@ impl SockOp {
         let fut = loop_.call_method0(intern!(py, "create_future"))?;
         let previous = engine
             .get()
-            .set_watcher(fd, this.side(), Some(Watcher::native(slf)))?;
+            .set_watcher(py, fd, this.side(), Some(Watcher::native(slf)))?;
         if let Some(Watcher::Handle(h)) = previous {
             h.bind(py).call_method0(intern!(py, "cancel"))?;
         }

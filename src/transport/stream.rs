@@ -13,11 +13,10 @@ use super::stream_reader;
 use crate::engine::{Engine, GilCell, NativeWatcher, Side, Traverse, Watcher};
 use crate::errors::{escapes, os_error, report_protocol_error};
 use crate::net::{
-    bulk_size, read_appended, read_bytes, read_raw, send, with_bytes, would_block, writable,
-    FdKind, BULK_READ, MAX_READ,
+    bulk_size, byte_buffer, read_appended, read_bytes, read_raw, send, with_bytes, would_block,
+    writable, FdKind, BULK_READ, MAX_READ,
 };
 use crate::sys;
-use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::gc::PyVisit;
 use pyo3::intern;
@@ -143,7 +142,7 @@ impl StreamCore {
             return Ok(());
         }
         let watcher = on.then(|| Watcher::native(slf));
-        let previous = engine.set_watcher(this.fd, side, watcher)?;
+        let previous = engine.set_watcher(slf.py(), this.fd, side, watcher)?;
         drop(previous);
         Ok(())
     }
@@ -285,7 +284,7 @@ impl StreamCore {
         let py = slf.py();
         let fd = slf.get().fd;
         let target = get_buffer.call1((-1,)).and_then(|b| {
-            let buf = PyBuffer::<u8>::get(&b)?;
+            let buf = byte_buffer(&b)?;
             if buf.item_count() == 0 {
                 return Err(PyRuntimeError::new_err(
                     "get_buffer() returned an empty buffer",
