@@ -451,3 +451,40 @@ def test_peer_reset_during_buffered_writes(loop):
         await server.wait_closed()
 
     loop.run_until_complete(main())
+
+
+def test_a_transport_paused_by_another_callback_of_the_iteration_reads_nothing(loop):
+    # Both sockets are readable in one iteration; whichever protocol runs
+    # first pauses the other, whose queued read must not run (a proxy's
+    # backpressure).
+    pairs = [socket.socketpair() for _ in range(2)]
+    received = []
+    transports = []
+
+    class Pausing(asyncio.Protocol):
+        def __init__(self, index):
+            self.index = index
+
+        def data_received(self, data):
+            received.append(self.index)
+            transports[1 - self.index].pause_reading()
+
+    async def main():
+        for i, (a, _) in enumerate(pairs):
+            a.setblocking(False)
+            t, _ = await loop.connect_accepted_socket(lambda i=i: Pausing(i), a)
+            transports.append(t)
+        for _, b in pairs:
+            b.send(b"x")
+        await asyncio.sleep(0.05)
+        assert len(received) == 1
+        paused = 1 - received[0]
+        transports[paused].resume_reading()
+        await asyncio.sleep(0.05)
+        assert received[1:] == [paused]
+        for t in transports:
+            t.close()
+
+    loop.run_until_complete(main())
+    for _, b in pairs:
+        b.close()

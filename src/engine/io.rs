@@ -95,14 +95,14 @@ impl Io {
         side: Side,
         watcher: Option<Watcher>,
     ) -> PyResult<Option<Watcher>> {
-        let stale = watcher.is_some() && self.purge_stale(py, fd, None)?;
-        self.change(fd, side, watcher, None, stale)
+        if watcher.is_some() {
+            self.purge_stale(py, fd, None)?;
+        }
+        self.change(fd, side, watcher, None)
     }
 
     /// `add_reader`/`add_writer`: `handle` watches one side of `fd`, which
-    /// `fileobj` named. The backend hears of it even when the interest
-    /// stays the same (the fd may be a new file under an old number, as
-    /// asyncio's selector `modify`s it); returns the previous watcher.
+    /// `fileobj` named; returns the previous watcher.
     pub fn add_handle(
         &self,
         py: Python<'_>,
@@ -111,26 +111,18 @@ impl Io {
         handle: Py<PyAny>,
         fileobj: &Bound<'_, PyAny>,
     ) -> PyResult<Option<Watcher>> {
-        let stale = self.purge_stale(py, fd, Some(fileobj))?;
-        let replacing = self.registry.lock().watcher(fd, side).is_some();
-        self.change(
-            fd,
-            side,
-            Some(Watcher::Handle(handle)),
-            Some(fileobj),
-            stale || replacing,
-        )
+        self.purge_stale(py, fd, Some(fileobj))?;
+        self.change(fd, side, Some(Watcher::Handle(handle)), Some(fileobj))
     }
 
-    /// Moves one side of `fd` to `watcher`; `tell` makes the backend hear
-    /// of it even when the interest is unchanged.
+    /// Moves one side of `fd` to `watcher`, telling the backend when the
+    /// interest changes.
     fn change(
         &self,
         fd: RawFd,
         side: Side,
         watcher: Option<Watcher>,
         fileobj: Option<&Bound<'_, PyAny>>,
-        tell: bool,
     ) -> PyResult<Option<Watcher>> {
         let (old, new) = {
             let reg = self.registry.lock();
@@ -139,7 +131,7 @@ impl Io {
                 reg.interest_with(fd, side, watcher.as_ref()),
             )
         };
-        if new != old || (tell && !new.is_empty()) {
+        if new != old {
             self.with_backend(|b| b.set_interest(fd, old, new))?;
         }
         let (previous, fileobj) = self.registry.lock().set(fd, side, watcher, fileobj);
@@ -150,35 +142,40 @@ impl Io {
     /// An fd number the loop no longer owns never keeps a watcher: when the
     /// object a registration of `fd` was made with (other than `fileobj`)
     /// no longer has that fd (it was closed, and the number reused), the
-    /// registration ends and its handles are cancelled. True when one ended.
+    /// registration ends (the backend told first) and its handles are
+    /// cancelled, so the new watcher is registered afresh.
     fn purge_stale(
         &self,
         py: Python<'_>,
         fd: RawFd,
         fileobj: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<bool> {
+    ) -> PyResult<()> {
         let owner = {
             let reg = self.registry.lock();
             let owner = reg.get(fd).and_then(|r| r.fileobj.as_ref());
             match owner {
                 Some(o) if !fileobj.is_some_and(|f| f.is(o)) => o.clone_ref(py),
-                _ => return Ok(false),
+                _ => return Ok(()),
             }
         };
-        let owner = owner.into_bound(py);
-        if fileobj_to_fd(&owner).is_ok_and(|owned| owned == Some(fd)) {
-            return Ok(false);
+        match fileobj_to_fd(owner.bind(py)) {
+            Ok(Some(owned)) if owned == fd => return Ok(()),
+            Err(e) if !e.is_instance_of::<PyValueError>(py) => return Err(e),
+            _ => {}
         }
+        let interest = self.registry.lock().interest(fd);
+        self.with_backend(|b| b.set_interest(fd, interest, Interest::default()))?;
         let Some(gone) = self.registry.lock().remove(fd) else {
-            return Ok(false);
+            return Ok(());
         };
-        self.with_backend(|b| b.set_interest(fd, gone.interest(), Interest::default()))?;
-        for h in [gone.reader, gone.writer].into_iter().flatten() {
-            if let Watcher::Handle(h) = h {
-                h.bind(py).call_method0(intern!(py, "cancel"))?;
+        let mut cancelled = Ok(());
+        for w in [gone.reader, gone.writer].into_iter().flatten() {
+            if let Watcher::Handle(h) = w {
+                let r = h.bind(py).call_method0(intern!(py, "cancel"));
+                cancelled = cancelled.and(r.map(drop));
             }
         }
-        Ok(true)
+        cancelled
     }
 
     /// The fd `fileobj` names, as asyncio's selector looks it up: its
@@ -214,7 +211,7 @@ impl Io {
         core: &Bound<'_, PyAny>,
     ) -> PyResult<Option<Watcher>> {
         if self.is_watched_by(fd, side, core) {
-            self.change(fd, side, None, None, false)
+            self.change(fd, side, None, None)
         } else {
             Ok(None)
         }

@@ -134,7 +134,10 @@ impl Engine {
 
     /// `loop._timer_handle_cancelled(timer)`, called by `TimerHandle.cancel()`.
     pub fn timer_cancelled(&self, timer: &Bound<'_, PyAny>) {
-        self.state.lock().timers.cancelled(timer);
+        // Checked before the borrow: an isinstance check may run Python code.
+        if handle::is_scheduled(timer) {
+            self.state.lock().timers.cancelled();
+        }
     }
 
     fn check_closed(&self) -> PyResult<()> {

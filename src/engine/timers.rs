@@ -197,12 +197,10 @@ impl Timers {
         self.heap.push(when, timer.unbind());
     }
 
-    /// `loop._timer_handle_cancelled(timer)`: counts a cancelled timer that
-    /// is still on the heap.
-    pub fn cancelled(&mut self, timer: &Bound<'_, PyAny>) {
-        if handle::is_scheduled(timer) {
-            self.cancelled += 1;
-        }
+    /// `loop._timer_handle_cancelled(timer)` for a timer still on the heap
+    /// (`handle::is_scheduled`): counts it.
+    pub fn cancelled(&mut self) {
+        self.cancelled += 1;
     }
 
     /// The earliest deadline, cancelled timers included.

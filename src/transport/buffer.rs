@@ -65,13 +65,17 @@ impl WriteBuffer {
         self.chunks.is_empty()
     }
 
-    /// Queues a chunk (empty chunks are dropped).
-    pub fn push(&mut self, py: Python<'_>, chunk: Chunk) {
+    /// Queues a chunk; an empty one is handed back, to be released once the
+    /// buffer is no longer borrowed.
+    #[must_use]
+    pub fn push(&mut self, py: Python<'_>, chunk: Chunk) -> Option<Chunk> {
         let len = chunk.rest(py).len();
-        if len > 0 {
-            self.size += len;
-            self.chunks.push_back(chunk);
+        if len == 0 {
+            return Some(chunk);
         }
+        self.size += len;
+        self.chunks.push_back(chunk);
+        None
     }
 
     /// Drops everything, returning the chunks to release outside any lock.
@@ -179,10 +183,12 @@ mod tests {
             for i in 0..200u32 {
                 let chunk = vec![(i % 251) as u8; 1000 + i as usize];
                 expected.extend_from_slice(&chunk[5..]);
-                wb.push(py, Chunk::Owned(chunk, 5));
+                assert!(wb.push(py, Chunk::Owned(chunk, 5)).is_none());
             }
-            wb.push(py, Chunk::Owned(Vec::new(), 0));
-            wb.push(py, Chunk::Bytes(PyBytes::new(py, b"tail").unbind(), 1));
+            assert!(wb.push(py, Chunk::Owned(Vec::new(), 0)).is_some());
+            assert!(wb
+                .push(py, Chunk::Bytes(PyBytes::new(py, b"tail").unbind(), 1))
+                .is_none());
             expected.extend_from_slice(b"ail");
             assert_eq!(wb.size(), expected.len());
             let mut received = Vec::new();

@@ -179,6 +179,15 @@ impl StreamCore {
     fn read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
+        // Paused or closed since the event was queued (by another callback
+        // of this iteration): asyncio's cancelled reader handle would not run.
+        if !this
+            .engine
+            .get()
+            .is_watched_by(this.fd, Side::Read, slf.as_any())
+        {
+            return Ok(());
+        }
         let (reader, protocol) = {
             let st = this.state.lock();
             if st.conn_lost > 0 {
@@ -586,7 +595,8 @@ impl StreamCore {
                 Some(b) => Chunk::Bytes(b.clone().unbind(), sent),
                 None => Chunk::Owned(bytes[sent..].to_vec(), 0),
             };
-            this.state.lock().buffer.push(py, chunk);
+            let empty = this.state.lock().buffer.push(py, chunk);
+            drop(empty);
             Ok(true)
         })
     }
@@ -609,12 +619,14 @@ impl StreamCore {
                 })
             })?);
         }
-        {
+        let empty: Vec<_> = {
             let mut st = this.state.lock();
-            for chunk in chunks {
-                st.buffer.push(py, chunk);
-            }
-        }
+            chunks
+                .into_iter()
+                .filter_map(|chunk| st.buffer.push(py, chunk))
+                .collect()
+        };
+        drop(empty);
         Self::write_ready(slf)?;
         if !this.buffer_empty() {
             Self::watch(slf, Side::Write, true)?;
