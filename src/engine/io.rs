@@ -4,6 +4,7 @@
 
 use super::fork;
 use super::gil_cell::GilCell;
+use super::handle;
 use super::ready::Ready;
 use super::registry::{fileobj_to_fd, Registration, Registry, Side, Watcher};
 use crate::backend::waker::Waker;
@@ -328,7 +329,7 @@ impl Io {
                 (ev.writable, Side::Write, &r.writer),
             ] {
                 match (fired, w) {
-                    (true, Some(Watcher::Handle(h))) if super::handle::is_cancelled(h.bind(py)) => {
+                    (true, Some(Watcher::Handle(h))) if handle::is_cancelled(h.bind(py)) => {
                         stale.push((ev.fd, side));
                     }
                     (true, Some(w)) => ready.push_back(Ready::from_watcher(w.clone_ref(py), side)),

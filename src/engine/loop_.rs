@@ -285,13 +285,10 @@ impl Engine {
         }
     }
 
-    /// Removes what watches one side of `fd`: true when a watcher was removed.
+    /// Removes what watches one side of `fd` of an open loop: true when a
+    /// watcher was removed.
     fn remove_watch(slf: &Bound<'_, Self>, side: Side, fd: RawFd) -> PyResult<bool> {
-        let this = slf.get();
-        if this.closed.load(Relaxed) {
-            return Ok(false);
-        }
-        match this.set_watcher(slf.py(), fd, side, None)? {
+        match slf.get().set_watcher(slf.py(), fd, side, None)? {
             Some(Watcher::Handle(h)) => h
                 .bind(slf.py())
                 .call_method0(intern!(slf.py(), "cancel"))

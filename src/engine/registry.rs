@@ -140,7 +140,15 @@ impl Registration {
     }
 
     /// The watcher of one side.
-    pub fn side(&mut self, side: Side) -> &mut Option<Watcher> {
+    pub fn watcher(&self, side: Side) -> Option<&Watcher> {
+        match side {
+            Side::Read => self.reader.as_ref(),
+            Side::Write => self.writer.as_ref(),
+        }
+    }
+
+    /// The watcher of one side, to replace.
+    fn side(&mut self, side: Side) -> &mut Option<Watcher> {
         match side {
             Side::Read => &mut self.reader,
             Side::Write => &mut self.writer,
@@ -180,12 +188,10 @@ impl Registry {
 
     /// The interest in `fd` once `side` is watched by `watcher` instead.
     pub fn interest_with(&self, fd: RawFd, side: Side, watcher: Option<&Watcher>) -> Interest {
-        let watch = self.map.get(&fd);
-        let reader = watch.and_then(|w| w.reader.as_ref());
-        let writer = watch.and_then(|w| w.writer.as_ref());
+        let other = |s| self.watcher(fd, s);
         match side {
-            Side::Read => interest_of(watcher, writer),
-            Side::Write => interest_of(reader, watcher),
+            Side::Read => interest_of(watcher, other(Side::Write)),
+            Side::Write => interest_of(other(Side::Read), watcher),
         }
     }
 
@@ -196,11 +202,7 @@ impl Registry {
 
     /// The watcher of one side of `fd`, if any.
     pub fn watcher(&self, fd: RawFd, side: Side) -> Option<&Watcher> {
-        let r = self.map.get(&fd)?;
-        match side {
-            Side::Read => r.reader.as_ref(),
-            Side::Write => r.writer.as_ref(),
-        }
+        self.map.get(&fd)?.watcher(side)
     }
 
     /// Replaces one side's watcher and returns the previous one, and the

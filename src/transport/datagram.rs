@@ -17,7 +17,6 @@ use crate::errors::{os_error, report_protocol_error};
 use crate::net::addr::SockAddr;
 use crate::net::{recvfrom_copied, send, sendto, with_bytes, would_block, FdKind};
 use pyo3::gc::PyVisit;
-use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyTuple};
 use pyo3::PyTraverseError;
@@ -26,6 +25,22 @@ use std::os::fd::RawFd;
 /// How many datagrams one readable event delivers at most, so that one busy
 /// socket cannot starve the rest of the loop.
 const MAX_BATCH: usize = 16;
+
+/// The protocol methods the core calls.
+#[derive(Clone, Copy)]
+enum Method {
+    DatagramReceived,
+    ErrorReceived,
+}
+
+impl Method {
+    fn name(self) -> &'static str {
+        match self {
+            Method::DatagramReceived => "datagram_received",
+            Method::ErrorReceived => "error_received",
+        }
+    }
+}
 
 /// The protocol and its methods, resolved once per protocol (`None`: the
 /// protocol has no such method, which fails when it is called).
@@ -37,35 +52,18 @@ struct Protocol {
 
 impl Protocol {
     fn new(object: &Bound<'_, PyAny>) -> Self {
-        let py = object.py();
-        let method = |name| object.getattr(name).ok().map(Bound::unbind);
+        let method = |m: Method| object.getattr(m.name()).ok().map(Bound::unbind);
         Self {
-            datagram_received: method(intern!(py, "datagram_received")),
-            error_received: method(intern!(py, "error_received")),
+            datagram_received: method(Method::DatagramReceived),
+            error_received: method(Method::ErrorReceived),
             object: object.clone().unbind(),
         }
     }
 
-    fn clone_ref(&self, py: Python<'_>) -> Self {
-        let method = |m: &Option<Py<PyAny>>| m.as_ref().map(|m| m.clone_ref(py));
-        Self {
-            object: self.object.clone_ref(py),
-            datagram_received: method(&self.datagram_received),
-            error_received: method(&self.error_received),
-        }
-    }
-
-    /// Calls the protocol's method `name` (resolved as `resolved`).
-    fn call<'py>(
-        &self,
-        py: Python<'py>,
-        resolved: &Option<Py<PyAny>>,
-        name: &Bound<'py, pyo3::types::PyString>,
-        args: impl pyo3::call::PyCallArgs<'py>,
-    ) -> PyResult<()> {
-        match resolved {
-            Some(m) => m.bind(py).call1(args).map(drop),
-            None => self.object.bind(py).getattr(name).map(drop),
+    fn resolved(&self, method: Method) -> &Option<Py<PyAny>> {
+        match method {
+            Method::DatagramReceived => &self.datagram_received,
+            Method::ErrorReceived => &self.error_received,
         }
     }
 }
@@ -116,46 +114,56 @@ enum Delivery<'py> {
 }
 
 impl DatagramCore {
+    /// Calls the protocol's `method` with `args`, once the state is no
+    /// longer borrowed; a protocol lacking the method fails as the call
+    /// would. Returns the protocol and the outcome; `None` once released.
+    fn call_protocol<'py>(
+        &self,
+        py: Python<'py>,
+        method: Method,
+        args: impl pyo3::call::PyCallArgs<'py>,
+    ) -> Option<(Bound<'py, PyAny>, PyResult<()>)> {
+        let (protocol, resolved) = {
+            let st = self.state.lock();
+            let p = st.protocol.as_ref()?;
+            let resolved = p.resolved(method).as_ref().map(|m| m.clone_ref(py));
+            (p.object.clone_ref(py).into_bound(py), resolved)
+        };
+        let result = match resolved {
+            Some(m) => m.bind(py).call1(args).map(drop),
+            None => protocol.getattr(method.name()).map(drop),
+        };
+        Some((protocol, result))
+    }
+
     /// Delivers one datagram or error to the protocol, as asyncio's
     /// `_read_ready` does; what the protocol raises goes to the exception
     /// handler, and then the batch ends (false).
     fn deliver(slf: &Bound<'_, Self>, delivery: Delivery<'_>) -> PyResult<bool> {
         let py = slf.py();
         let this = slf.get();
-        let Some(protocol) = this.state.lock().protocol.as_ref().map(|p| p.clone_ref(py)) else {
-            return Ok(false);
-        };
-        let (result, method) = match delivery {
+        let (method, called) = match delivery {
             Delivery::Datagram(data, addr) => (
-                protocol.call(
-                    py,
-                    &protocol.datagram_received,
-                    intern!(py, "datagram_received"),
-                    (data, addr),
-                ),
-                "datagram_received",
+                Method::DatagramReceived,
+                this.call_protocol(py, Method::DatagramReceived, (data, addr)),
             ),
             Delivery::Error(e) => (
-                protocol.call(
-                    py,
-                    &protocol.error_received,
-                    intern!(py, "error_received"),
-                    (e.value(py),),
-                ),
-                "error_received",
+                Method::ErrorReceived,
+                this.call_protocol(py, Method::ErrorReceived, (e.value(py),)),
             ),
         };
-        let Err(e) = result else {
-            return Ok(true);
-        };
-        report_protocol_error(
-            this.engine.bind(py).as_any(),
-            this.transport.bind(py),
-            Some(protocol.object.bind(py)),
-            e,
-            method,
-        )
-        .map(|()| false)
+        match called {
+            None => Ok(false),
+            Some((_, Ok(()))) => Ok(true),
+            Some((protocol, Err(e))) => report_protocol_error(
+                this.engine.bind(py).as_any(),
+                this.transport.bind(py),
+                Some(&protocol),
+                e,
+                method.name(),
+            )
+            .map(|()| false),
+        }
     }
 
     /// The Python tuple for `from`, reusing the last one when it is the same.
@@ -300,15 +308,11 @@ impl DatagramCore {
             Some(Ok(_)) => Ok(true),
             Some(Err(e)) if would_block(&e) => Ok(false),
             Some(Err(e)) => {
-                let protocol = self.state.lock().protocol.as_ref().map(|p| p.clone_ref(py));
-                if let Some(p) = protocol {
-                    let exc = os_error(e);
-                    p.call(
-                        py,
-                        &p.error_received,
-                        intern!(py, "error_received"),
-                        (exc.value(py),),
-                    )?;
+                let exc = os_error(e);
+                if let Some((_, called)) =
+                    self.call_protocol(py, Method::ErrorReceived, (exc.value(py),))
+                {
+                    called?;
                 }
                 Ok(true)
             }
