@@ -169,6 +169,30 @@ def test_a_raising_datagram_received_is_reported_and_reading_goes_on(loop):
     assert [type(e) for e in errors] == [ZeroDivisionError]
 
 
+def test_a_protocol_without_datagram_received_is_reported_and_the_loop_goes_on(loop):
+    errors = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context["exception"]))
+
+    async def main():
+        server, _ = await loop.create_datagram_endpoint(
+            lambda: Recorder(loop), local_addr=("127.0.0.1", 0)
+        )
+        server.set_protocol(asyncio.Protocol())  # has no datagram_received
+        client, _ = await loop.create_datagram_endpoint(
+            lambda: Recorder(loop), remote_addr=server.get_extra_info("sockname")
+        )
+        client.sendto(b"lost")
+        for _ in range(100):
+            if errors:
+                break
+            await asyncio.sleep(0.01)
+        client.close()
+        server.close()
+
+    loop.run_until_complete(main())
+    assert [type(e) for e in errors] == [AttributeError]
+
+
 def test_empty_datagrams_follow_the_running_pythons_rule(loop):
     # asyncio sends empty datagrams from 3.12.? on; before, sendto(b"") did nothing.
     sends_empty = sys.version_info >= (3, 13)
