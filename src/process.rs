@@ -11,6 +11,7 @@ use crate::sys;
 use pyo3::gc::PyVisit;
 use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::types::IntoPyDict;
 use pyo3::PyTraverseError;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -25,6 +26,8 @@ struct ChildWatch {
     pidfd: OwnedFd,
     pid: libc::pid_t,
     callback: Py<PyAny>,
+    /// The context the callback runs in.
+    context: Py<PyAny>,
 }
 
 impl NativeWatcher for ChildWatch {
@@ -52,10 +55,12 @@ impl NativeWatcher for ChildWatch {
                 .get()
                 .set_watcher(py, this.pidfd.as_raw_fd(), Side::Read, None)?,
         );
+        let kwargs = [(intern!(py, "context"), this.context.bind(py))].into_py_dict(py)?;
         engine
-            .call_method1(
+            .call_method(
                 intern!(py, "call_soon"),
                 (this.callback.bind(py), returncode),
+                Some(&kwargs),
             )
             .map(drop)
     }
@@ -64,7 +69,7 @@ impl NativeWatcher for ChildWatch {
 #[pymethods]
 impl ChildWatch {
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        (&self.engine, &self.callback).traverse(&visit)
+        (&self.engine, &self.callback, &self.context).traverse(&visit)
     }
 }
 
@@ -95,14 +100,15 @@ fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// Calls `callback(returncode)` on `loop` once the child `pid` has exited,
-/// reaping it. False when the kernel has no pidfds (the caller then needs
-/// another way to wait); OSError when `pid` is no child of ours.
+/// Calls `callback(returncode)` in `context` on `loop` once the child `pid`
+/// has exited, reaping it. False when the kernel has no pidfds (the caller
+/// then needs another way to wait); OSError when `pid` is no child of ours.
 #[pyfunction]
 pub fn watch_child(
     loop_: &Bound<'_, PyAny>,
     pid: libc::pid_t,
     callback: Py<PyAny>,
+    context: Py<PyAny>,
 ) -> PyResult<bool> {
     let engine = loop_.cast::<Engine>()?;
     let pidfd = match pidfd_open(pid) {
@@ -116,12 +122,13 @@ pub fn watch_child(
         pidfd,
         pid,
         callback,
+        context,
     };
     let watch = Bound::new(loop_.py(), watch)?;
     drop(
         engine
             .get()
-            .set_watcher(loop_.py(), fd, Side::Read, Some(Watcher::native(&watch)))?,
+            .set_watcher(loop_.py(), fd, Side::Read, Some(Watcher::native(&watch)?))?,
     );
     Ok(true)
 }

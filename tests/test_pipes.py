@@ -115,6 +115,51 @@ def test_a_raising_data_received_is_reported_and_reading_goes_on(loop):
     assert [type(e) for e in errors] == [ZeroDivisionError]
 
 
+def test_a_protocol_without_data_methods_fails_once_per_read(loop, is_oxloop):
+    # A SubprocessProtocol has neither data_received nor eof_received: each
+    # read is reported once (the data is consumed, the loop does not spin).
+    r, w = os.pipe()
+    errors = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context["exception"]))
+    lost = []
+
+    class NoData(asyncio.SubprocessProtocol):
+        def connection_lost(self, exc):
+            lost.append(exc)
+
+    async def iterations(n):
+        for _ in range(n):
+            await asyncio.sleep(0)
+
+    async def until_errors(n):
+        while len(errors) < n:
+            await asyncio.sleep(0)
+
+    async def main():
+        transport, _ = await loop.connect_read_pipe(NoData, os.fdopen(r, "rb", 0))
+        os.write(w, b"123456789")
+        await asyncio.wait_for(until_errors(1), 5)
+        await iterations(20)
+        assert len(errors) == 1
+        os.close(w)
+        await asyncio.wait_for(until_errors(2), 5)
+        await iterations(20)
+        assert len(errors) == 2
+        assert transport.is_closing()
+        transport.close()
+        await iterations(5)
+
+    loop.run_until_complete(main())
+    assert [str(e) for e in errors] == [
+        "'NoData' object has no attribute 'data_received'",
+        "'NoData' object has no attribute 'eof_received'",
+    ]
+    # asyncio's transport never finishes (its eof_received lookup fails
+    # before connection_lost is scheduled, so the pipe stays open until
+    # collected); oxloop's closes.
+    assert lost == ([None] if is_oxloop else [])
+
+
 def test_write_pipe_flow_control_and_close_flushing_everything(loop):
     r, w = os.pipe()
     payload = os.urandom(4 * 1024 * 1024)

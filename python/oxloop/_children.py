@@ -9,8 +9,10 @@ touches children the loop did not spawn.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
+import sys
 import threading
 
 from . import _oxloop
@@ -31,8 +33,15 @@ def policy_watcher():
 
 def watch_child(loop, pid, callback):
     """Schedule `callback(returncode)` on `loop` once child `pid` exits,
-    reaping it. `returncode` is negative for a child killed by a signal."""
-    if USE_PIDFD and _oxloop.watch_child(loop, pid, callback):
+    reaping it. `returncode` is negative for a child killed by a signal.
+
+    The callback runs where asyncio's own watcher would run it: with a pidfd
+    (3.12 on), in the context of the caller; waited for by a thread, in the
+    thread's empty one."""
+    if USE_PIDFD and sys.version_info >= (3, 12):
+        if _oxloop.watch_child(loop, pid, callback, contextvars.copy_context()):
+            return
+    elif USE_PIDFD and _oxloop.watch_child(loop, pid, callback, contextvars.Context()):
         return
     threading.Thread(
         target=_wait, args=(loop, pid, callback), name=f"oxloop-waitpid-{pid}", daemon=True

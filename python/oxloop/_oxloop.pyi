@@ -278,5 +278,7 @@ class SockOp:
     def _wait_done(self, _fut: asyncio.Future[Any]) -> None:
         """Done callback of the wait's future: stops watching the fd."""
 
-def watch_child(loop_: Engine, pid: int, callback: Callable[[int], object]) -> bool:
-    """Calls `callback(returncode)` on `loop_` once child `pid` exits; False without pidfds."""
+def watch_child(
+    loop_: Engine, pid: int, callback: Callable[[int], object], context: contextvars.Context
+) -> bool:
+    """Calls `callback(returncode)` in `context` once child `pid` exits; False without pidfds."""

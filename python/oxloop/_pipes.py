@@ -107,8 +107,13 @@ class ReadPipeTransport(_PipeTransport, CoreReading, transports.ReadTransport):
     def _read_ready__on_eof(self):
         if self._loop.get_debug():
             logger.info("%r was closed by peer", self)
-        self._loop.call_soon(self._core.protocol.eof_received)
+        self._loop.call_soon(self._eof_received)
         self._core.close()
+
+    def _eof_received(self):
+        # Looked up when called: a protocol without it fails in this callback
+        # (reported by the loop), and the transport still closes.
+        self._core.protocol.eof_received()
 
 
 class WritePipeTransport(_PipeTransport, transports._FlowControlMixin, transports.WriteTransport):

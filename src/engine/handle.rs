@@ -16,6 +16,7 @@
 //! through a dropped loop is still collected, and a handle that leaves the
 //! loop is tracked again ([`retrack`], [`strip`]).
 
+use super::context;
 use pyo3::exceptions::PyImportError;
 use pyo3::ffi;
 use pyo3::gc::PyVisit;
@@ -225,9 +226,7 @@ pub fn new<'py>(
     }
     let context = match context {
         Some(c) => c.clone(),
-        // SAFETY: PyContext_CopyCurrent returns a new reference or NULL with an
-        // exception set, which from_owned_ptr_or_err turns into Err.
-        None => unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent())? },
+        None => context::copy_current(py)?,
     };
     let obj = match spare {
         Some(spare) => spare.into_bound(py),
@@ -473,17 +472,12 @@ pub fn run(h: &Bound<'_, PyAny>) -> PyResult<()> {
             e.into_inner().try_iter()?.collect::<PyResult<Vec<_>>>()?,
         )?,
     };
-    // SAFETY: PyContext_Enter type-checks `ctx` and sets an exception on
-    // failure; Exit is called exactly once after a successful Enter.
-    unsafe {
-        if ffi::PyContext_Enter(ctx.as_ptr()) != 0 {
-            return Err(PyErr::fetch(py));
-        }
-        let ret = ffi::PyObject_Call(callback.as_ptr(), args.as_ptr(), std::ptr::null_mut());
-        let result = Bound::from_owned_ptr_or_err(py, ret).map(drop);
-        if ffi::PyContext_Exit(ctx.as_ptr()) != 0 {
-            return Err(PyErr::fetch(py));
-        }
-        result
-    }
+    context::run_in(&ctx, || {
+        // SAFETY: both are live objects; PyObject_Call returns a new
+        // reference or NULL with an exception set.
+        let ret =
+            unsafe { ffi::PyObject_Call(callback.as_ptr(), args.as_ptr(), std::ptr::null_mut()) };
+        // SAFETY: `ret` is what PyObject_Call returned.
+        unsafe { Bound::from_owned_ptr_or_err(py, ret) }.map(drop)
+    })
 }

@@ -23,7 +23,7 @@ use pyo3::ffi;
 use pyo3::gc::PyVisit;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::PyTuple;
+use pyo3::types::{PyDict, PyTuple};
 use pyo3::PyTraverseError;
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
@@ -405,7 +405,12 @@ impl Engine {
             let h = match next {
                 None => break,
                 Some(Ready::Io(target, side)) => {
-                    target.on_ready(py, side)?;
+                    match target.on_ready(py, side) {
+                        Err(e) if !escapes(py, &e) => {
+                            Self::native_failed(slf, &target.describe(py)?, e)?
+                        }
+                        ran => ran?,
+                    }
                     continue;
                 }
                 Some(Ready::Callback(h)) => h.into_bound(py),
@@ -419,6 +424,18 @@ impl Engine {
             ran?;
         }
         Ok(())
+    }
+
+    /// Reports what a native core let through from its `on_ready` (a
+    /// Python method it calls failing where asyncio's callback would have
+    /// raised), as a failing callback is reported: the loop goes on.
+    fn native_failed(slf: &Bound<'_, Self>, core: &str, err: PyErr) -> PyResult<()> {
+        let py = slf.py();
+        let context = PyDict::new(py);
+        context.set_item("message", format!("Exception in callback {core}"))?;
+        context.set_item("exception", err.value(py))?;
+        slf.call_method1(intern!(py, "call_exception_handler"), (context,))
+            .map(drop)
     }
 
     /// Runs one ready handle, reporting what it raises as asyncio's `Handle._run` does.

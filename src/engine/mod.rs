@@ -4,6 +4,7 @@
 //! watcher interface native cores implement ([`NativeWatcher`], [`Watcher`],
 //! [`Side`]) and the traversal helper ([`Traverse`]).
 
+mod context;
 mod fastcall;
 mod fork;
 mod free_list;

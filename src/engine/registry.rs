@@ -2,6 +2,7 @@
 //! `add_writer`) or native cores (the Rust transports, `sock_*` waits and
 //! child watchers), and the interest the backend must have in it.
 
+use super::context;
 use super::gc::Traverse;
 use crate::backend::Interest;
 use pyo3::exceptions::{PyAttributeError, PyTypeError, PyValueError};
@@ -34,6 +35,12 @@ pub trait NativeWatcher: PyClass<Frozen = True> + Sync {
     /// syscall before each wait (see [`Interest::oneshot`]).
     const ONESHOT: bool = false;
 
+    /// True when the core calls user code (a protocol's methods): it then
+    /// runs in a copy of the context current when it started watching, as
+    /// the asyncio handle it replaces would (each `add_reader` or
+    /// `add_writer` copies the context of its caller).
+    const IN_CONTEXT: bool = false;
+
     /// The fd is ready on `side`. Errors are the core's to report; what it
     /// returns as `Err` (SystemExit, KeyboardInterrupt) stops the loop.
     fn on_ready(slf: &Bound<'_, Self>, side: Side) -> PyResult<()>;
@@ -52,18 +59,29 @@ pub trait IoTarget: Send + Sync {
 
     /// The core's Python object: who is watching.
     fn core(&self) -> *mut pyo3::ffi::PyObject;
+
+    /// The core's `repr`, for error reports.
+    fn describe(&self, py: Python<'_>) -> PyResult<String>;
 }
 
-/// The one adapter from a [`NativeWatcher`] to an [`IoTarget`].
-struct Native<T>(Py<T>);
+/// The one adapter from a [`NativeWatcher`] to an [`IoTarget`]: the core,
+/// and the context it runs in (see [`NativeWatcher::IN_CONTEXT`]).
+struct Native<T> {
+    core: Py<T>,
+    context: Option<Py<PyAny>>,
+}
 
 impl<T: NativeWatcher> IoTarget for Native<T> {
     fn on_ready(&self, py: Python<'_>, side: Side) -> PyResult<()> {
-        T::on_ready(self.0.bind(py), side)
+        let core = self.core.bind(py);
+        match &self.context {
+            None => T::on_ready(core, side),
+            Some(ctx) => context::run_in(ctx.bind(py), || T::on_ready(core, side)),
+        }
     }
 
     fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(&self.0)
+        (&self.core, &self.context).traverse(visit)
     }
 
     fn oneshot(&self) -> bool {
@@ -71,7 +89,11 @@ impl<T: NativeWatcher> IoTarget for Native<T> {
     }
 
     fn core(&self) -> *mut pyo3::ffi::PyObject {
-        self.0.as_ptr()
+        self.core.as_ptr()
+    }
+
+    fn describe(&self, py: Python<'_>) -> PyResult<String> {
+        Ok(self.core.bind(py).as_any().repr()?.to_string())
     }
 }
 
@@ -93,9 +115,17 @@ impl Traverse for Watcher {
 }
 
 impl Watcher {
-    /// The watcher that calls `core` directly.
-    pub fn native<T: NativeWatcher>(core: &Bound<'_, T>) -> Self {
-        Watcher::Native(Arc::new(Native(core.clone().unbind())))
+    /// The watcher that calls `core` directly (in a copy of the current
+    /// context when `T::IN_CONTEXT`).
+    pub fn native<T: NativeWatcher>(core: &Bound<'_, T>) -> PyResult<Self> {
+        let context = match T::IN_CONTEXT {
+            true => Some(context::copy_current(core.py())?.unbind()),
+            false => None,
+        };
+        Ok(Watcher::Native(Arc::new(Native {
+            core: core.clone().unbind(),
+            context,
+        })))
     }
 
     /// True when this is `core`'s native watcher.

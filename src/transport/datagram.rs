@@ -102,6 +102,8 @@ pub struct DatagramCore {
 }
 
 impl NativeWatcher for DatagramCore {
+    const IN_CONTEXT: bool = true;
+
     fn on_ready(slf: &Bound<'_, Self>, _side: Side) -> PyResult<()> {
         Self::read_ready(slf)
     }
@@ -262,7 +264,7 @@ impl DatagramCore {
             slf.py(),
             slf.get().fd,
             Side::Read,
-            Some(Watcher::native(slf)),
+            Some(Watcher::native(slf)?),
         )?;
         drop(previous);
         Ok(())

@@ -147,9 +147,10 @@ impl SockOp {
             loop_.call_method1(intern!(py, "_ensure_fd_no_transport"), (fd,))?;
         }
         let fut = loop_.call_method0(intern!(py, "create_future"))?;
-        let previous = engine
-            .get()
-            .set_watcher(py, fd, this.side(), Some(Watcher::native(slf)))?;
+        let previous =
+            engine
+                .get()
+                .set_watcher(py, fd, this.side(), Some(Watcher::native(slf)?))?;
         if let Some(Watcher::Handle(h)) = previous {
             h.bind(py).call_method0(intern!(py, "cancel"))?;
         }

@@ -115,6 +115,8 @@ pub struct StreamCore {
 }
 
 impl NativeWatcher for StreamCore {
+    const IN_CONTEXT: bool = true;
+
     fn on_ready(slf: &Bound<'_, Self>, side: Side) -> PyResult<()> {
         match side {
             Side::Read => Self::read_ready(slf),
@@ -141,7 +143,7 @@ impl StreamCore {
         if !on && engine.is_closed() {
             return Ok(());
         }
-        let watcher = on.then(|| Watcher::native(slf));
+        let watcher = on.then(|| Watcher::native(slf)).transpose()?;
         let previous = engine.set_watcher(slf.py(), this.fd, side, watcher)?;
         drop(previous);
         Ok(())
@@ -196,15 +198,20 @@ impl StreamCore {
             let protocol = st.protocol.as_ref().map(|p| p.clone_ref(py));
             (st.reader.as_ref().map(|r| r.clone_ref(py)), protocol)
         };
+        let call = |method: &Py<PyAny>| {
+            let method = method.bind(py).clone();
+            move |data: Bound<'_, PyBytes>| method.call1((data,)).map(drop)
+        };
         match reader {
-            // A protocol that cannot take data fails as its call would.
-            None => match protocol.map(|p| Reader::for_protocol(p.bind(py))) {
-                Some(Err(e)) => Self::protocol_failed(slf, e, "data_received"),
-                _ => Ok(()),
-            },
-            Some(Reader::Plain(data_received)) => {
-                Self::read_into_bytes(slf, data_received.bind(py))
-            }
+            // A protocol that cannot take data (None, a SubprocessProtocol)
+            // fails after the read, as asyncio's call would.
+            None => Self::read_into_bytes(slf, |data| {
+                let protocol = protocol.map_or_else(|| py.None(), |p| p.into_any());
+                protocol
+                    .call_method1(py, intern!(py, "data_received"), (data,))
+                    .map(drop)
+            }),
+            Some(Reader::Plain(data_received)) => Self::read_into_bytes(slf, call(&data_received)),
             Some(Reader::Buffered(get_buffer, buffer_updated)) => {
                 Self::read_into_protocol(slf, get_buffer.bind(py), buffer_updated.bind(py))
             }
@@ -214,7 +221,7 @@ impl StreamCore {
                         Self::read_into_stream(slf, &reader, &buffer)
                     }
                     Some(Err(e)) => Self::protocol_failed(slf, e, "data_received"),
-                    _ => Self::read_into_bytes(slf, data_received.bind(py)),
+                    _ => Self::read_into_bytes(slf, call(&data_received)),
                 }
             }
         }
@@ -240,18 +247,20 @@ impl StreamCore {
             .map(drop)
     }
 
-    /// Reads one `bytes` and hands it to `protocol.data_received`.
-    fn read_into_bytes(slf: &Bound<'_, Self>, data_received: &Bound<'_, PyAny>) -> PyResult<()> {
+    /// Reads one `bytes` and hands it to `data_received`.
+    fn read_into_bytes<'py>(
+        slf: &Bound<'py, Self>,
+        data_received: impl FnOnce(Bound<'py, PyBytes>) -> PyResult<()>,
+    ) -> PyResult<()> {
         let py = slf.py();
         let data = slf.get().read_bytes(py);
         match data {
             Err(e) if would_block(&e) => Ok(()),
             Err(e) => Self::fatal_error(slf, os_error(e), fatal_message(slf.get().kind, false)),
             Ok(None) => slf.get().at_eof(py),
-            Ok(Some(data)) => match data_received.call1((data,)) {
-                Ok(_) => Ok(()),
-                Err(e) => Self::protocol_failed(slf, e, "data_received"),
-            },
+            Ok(Some(data)) => {
+                data_received(data).or_else(|e| Self::protocol_failed(slf, e, "data_received"))
+            }
         }
     }
 
