@@ -175,6 +175,22 @@ def test_sock_udp(loop):
     b.close()
 
 
+@pytest.mark.parametrize(
+    ("size", "error"), [("1", TypeError), (1.5, TypeError), (-1, ValueError), (2**70, OverflowError)]
+)
+def test_sock_recv_checks_its_size_when_awaited(loop, size, error):
+    a, b = socket.socketpair()
+    a.setblocking(False)
+
+    async def main():
+        pending = loop.sock_recv(a, size)
+        with pytest.raises(error):
+            await pending
+
+    with a, b:
+        loop.run_until_complete(main())
+
+
 def test_cancelled_sock_recv_loses_no_data_and_no_registration(loop):
     a, b = nonblocking_pair()
 

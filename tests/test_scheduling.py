@@ -172,6 +172,27 @@ def test_context_argument_is_used(loop):
     assert sorted(seen) == ["default", "in-ctx", "in-ctx"]
 
 
+def test_a_context_argument_is_used_through_its_run_method(loop):
+    """asyncio runs a handle as `context.run(callback, *args)`: an object
+    without `run` fails in the callback (reported, the loop goes on)."""
+    errors = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context["exception"]))
+    ran = []
+
+    class Runner:
+        def run(self, callback, *args):
+            ran.append("runner")
+            return callback(*args)
+
+    loop.call_soon(ran.append, "no context", context="not a context")
+    loop.call_soon(ran.append, "duck", context=Runner())
+    loop.call_later(0, ran.append, "timer", context=Runner())
+    loop.call_later(0.01, loop.stop)
+    loop.run_forever()
+    assert [type(e) for e in errors] == [AttributeError]
+    assert ran == ["runner", "duck", "runner", "timer"]
+
+
 def test_callbacks_run_in_a_copy_of_the_callers_context(loop):
     """Without context=, every scheduling method captures the caller's
     context (a thread's own for call_soon_threadsafe), and what a callback

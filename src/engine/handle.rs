@@ -472,6 +472,13 @@ pub fn run(h: &Bound<'_, PyAny>) -> PyResult<()> {
             e.into_inner().try_iter()?.collect::<PyResult<Vec<_>>>()?,
         )?,
     };
+    // SAFETY: a type check of a live object.
+    if unsafe { ffi::PyContext_CheckExact(ctx.as_ptr()) } == 0 {
+        // What asyncio's Handle does with any other object given as context=.
+        let call: Vec<_> = std::iter::once(callback).chain(args.iter()).collect();
+        let call = PyTuple::new(py, call)?;
+        return ctx.call_method1(intern!(py, "run"), call).map(drop);
+    }
     context::run_in(&ctx, || {
         // SAFETY: both are live objects; PyObject_Call returns a new
         // reference or NULL with an exception set.

@@ -24,7 +24,8 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 /// What the operation does.
 enum Kind {
-    Recv(usize),
+    /// The size as given: checked at each try, as `sock.recv(n)` checks it.
+    Recv(Py<PyAny>),
     RecvInto(Py<PyAny>),
     SendAll(Py<PyAny>),
 }
@@ -80,7 +81,7 @@ impl SockOp {
     /// One try of the syscall.
     fn attempt<'py>(&self, py: Python<'py>, fd: RawFd) -> PyResult<Attempt<'py>> {
         let result: io::Result<Bound<'py, PyAny>> = match &self.kind {
-            Kind::Recv(n) => recv_bytes(py, fd, *n).map(Bound::into_any),
+            Kind::Recv(n) => recv_bytes(py, fd, recv_size(n.bind(py))?).map(Bound::into_any),
             Kind::RecvInto(buf) => {
                 let buf = byte_buffer(buf.bind(py))?;
                 let (ptr, len) = writable(&buf).ok_or_else(|| {
@@ -228,11 +229,17 @@ impl SockOp {
     }
 }
 
+/// `sock.recv`'s reading of its size: an index, not negative.
+fn recv_size(n: &Bound<'_, PyAny>) -> PyResult<usize> {
+    let n: isize = n.extract()?;
+    usize::try_from(n).map_err(|_| PyValueError::new_err("negative buffersize in recv"))
+}
+
 #[pymethods]
 impl SockOp {
     /// `loop.sock_recv(sock, n)`.
     #[staticmethod]
-    fn recv(loop_: Py<PyAny>, sock: Py<PyAny>, n: usize) -> Self {
+    fn recv(loop_: Py<PyAny>, sock: Py<PyAny>, n: Py<PyAny>) -> Self {
         Self::new(loop_, sock, Kind::Recv(n))
     }
 
@@ -328,8 +335,7 @@ impl SockOp {
 impl Traverse for Kind {
     fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
         match self {
-            Kind::RecvInto(b) | Kind::SendAll(b) => b.traverse(visit),
-            Kind::Recv(_) => Ok(()),
+            Kind::Recv(b) | Kind::RecvInto(b) | Kind::SendAll(b) => b.traverse(visit),
         }
     }
 }
