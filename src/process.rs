@@ -15,19 +15,22 @@ use pyo3::types::IntoPyDict;
 use pyo3::PyTraverseError;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::OnceLock;
 
 /// What asyncio reports when a child's status was reaped elsewhere.
 const UNKNOWN_STATUS: i32 = 255;
 
 /// One child's pidfd and the callback its return code goes to.
 #[pyclass(frozen, module = "oxloop._oxloop", name = "ChildWatch")]
-struct ChildWatch {
+pub struct ChildWatch {
     engine: Py<Engine>,
     pidfd: OwnedFd,
     pid: libc::pid_t,
     callback: Py<PyAny>,
     /// The context the callback runs in.
     context: Py<PyAny>,
+    /// Set once the child is reaped.
+    returncode: OnceLock<i32>,
 }
 
 impl NativeWatcher for ChildWatch {
@@ -50,6 +53,7 @@ impl NativeWatcher for ChildWatch {
                 UNKNOWN_STATUS
             }
         };
+        let _ = this.returncode.set(returncode);
         drop(
             engine
                 .get()
@@ -68,6 +72,13 @@ impl NativeWatcher for ChildWatch {
 
 #[pymethods]
 impl ChildWatch {
+    /// The child's return code once this watch has reaped it, else None
+    /// (also when the loop closed first: the child is then the caller's to wait for).
+    #[getter]
+    fn returncode(&self) -> Option<i32> {
+        self.returncode.get().copied()
+    }
+
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         (&self.engine, &self.callback, &self.context).traverse(&visit)
     }
@@ -101,19 +112,20 @@ fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
 }
 
 /// Calls `callback(returncode)` in `context` on `loop` once the child `pid`
-/// has exited, reaping it. False when the kernel has no pidfds (the caller
-/// then needs another way to wait); OSError when `pid` is no child of ours.
+/// has exited, reaping it; returns the watch. None when the kernel has no
+/// pidfds (the caller then needs another way to wait); OSError when `pid`
+/// is no child of ours.
 #[pyfunction]
-pub fn watch_child(
-    loop_: &Bound<'_, PyAny>,
+pub fn watch_child<'py>(
+    loop_: &Bound<'py, PyAny>,
     pid: libc::pid_t,
     callback: Py<PyAny>,
     context: Py<PyAny>,
-) -> PyResult<bool> {
+) -> PyResult<Option<Bound<'py, ChildWatch>>> {
     let engine = loop_.cast::<Engine>()?;
     let pidfd = match pidfd_open(pid) {
         Ok(fd) => fd,
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) => return Ok(false),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) => return Ok(None),
         Err(e) => return Err(os_error(e)),
     };
     let fd = pidfd.as_raw_fd();
@@ -123,6 +135,7 @@ pub fn watch_child(
         pid,
         callback,
         context,
+        returncode: OnceLock::new(),
     };
     let watch = Bound::new(loop_.py(), watch)?;
     drop(
@@ -130,7 +143,7 @@ pub fn watch_child(
             .get()
             .set_watcher(loop_.py(), fd, Side::Read, Some(Watcher::native(&watch)?))?,
     );
-    Ok(true)
+    Ok(Some(watch))
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ import threading
 
 from . import _oxloop
 
-__all__ = ("policy_watcher", "watch_child")
+__all__ = ("policy_watcher", "reap_at_close", "watch_child")
 
 logger = logging.getLogger("asyncio")
 
@@ -31,21 +31,46 @@ def policy_watcher():
     return getattr(asyncio.get_event_loop_policy(), "_watcher", None)
 
 
-def watch_child(loop, pid, callback):
-    """Schedule `callback(returncode)` on `loop` once child `pid` exits,
-    reaping it. `returncode` is negative for a child killed by a signal.
+def watch_child(loop, process, callback):
+    """Schedule `callback(returncode)` on `loop` once the child `process` (a
+    `subprocess.Popen`) exits, reaping it. `returncode` is negative for a
+    child killed by a signal.
 
     The callback runs where asyncio's own watcher would run it: with a pidfd
     (3.12 on), in the context of the caller; waited for by a thread, in the
     thread's empty one."""
-    if USE_PIDFD and sys.version_info >= (3, 12):
-        if _oxloop.watch_child(loop, pid, callback, contextvars.copy_context()):
+    pid = process.pid
+    if USE_PIDFD:
+        pidfd_context = sys.version_info >= (3, 12)
+        context = contextvars.copy_context() if pidfd_context else contextvars.Context()
+        watch = _oxloop.watch_child(loop, pid, callback, context)
+        if watch is not None:
+            watches = loop._child_watches
+            for done in [p for p, (_, proc) in watches.items() if proc.returncode is not None]:
+                del watches[done]
+            watches[pid] = (watch, process)
             return
-    elif USE_PIDFD and _oxloop.watch_child(loop, pid, callback, contextvars.Context()):
-        return
     threading.Thread(
         target=_wait, args=(loop, pid, callback), name=f"oxloop-waitpid-{pid}", daemon=True
     ).start()
+
+
+def reap_at_close(loop):
+    """The loop closes: its children are reaped all the same, none left a
+    zombie. One its watch reaped keeps that return code in its Popen (the
+    callback that would have set it will not run); one still running is
+    waited for by a thread through `Popen.wait`, so its return code too
+    stays where the transport and `Popen.poll` look."""
+    for watch, process in loop._child_watches.values():
+        if process.returncode is not None:
+            continue
+        if watch.returncode is not None:
+            process.returncode = watch.returncode
+        else:
+            threading.Thread(
+                target=process.wait, name=f"oxloop-waitpid-{process.pid}", daemon=True
+            ).start()
+    loop._child_watches.clear()
 
 
 def _wait(loop, pid, callback):

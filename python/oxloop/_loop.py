@@ -198,6 +198,8 @@ class Loop(Engine, asyncio.AbstractEventLoop):
         self._internal_fds = 0
         self._signal_handlers = {}
         self._unix_server_sockets = {}
+        # pid -> (ChildWatch, Popen) of the children watched with a pidfd.
+        self._child_watches = {}
         # The socket pair signal.set_wakeup_fd() writes signal numbers to.
         self._make_self_pipe()
 
@@ -251,6 +253,7 @@ class Loop(Engine, asyncio.AbstractEventLoop):
             logger.debug("Close %r", self)
         self._close_self_pipe()
         self._close_engine()
+        _children.reap_at_close(self)
         self._selector = None
         self._executor_shutdown_called = True
         executor = self._default_executor
@@ -323,7 +326,7 @@ class Loop(Engine, asyncio.AbstractEventLoop):
             extra=extra,
             **kwargs,
         )
-        _children.watch_child(self, transp.get_pid(), transp._process_exited)
+        _children.watch_child(self, transp._proc, transp._process_exited)
         try:
             await waiter
         except (SystemExit, KeyboardInterrupt):

@@ -14,7 +14,15 @@ from typing import Any, Self, TypeVar, TypeVarTuple, Unpack, final
 
 from typing_extensions import Buffer, disjoint_base
 
-__all__ = ["TimerHandle", "Engine", "StreamCore", "DatagramCore", "SockOp", "watch_child"]
+__all__ = [
+    "TimerHandle",
+    "Engine",
+    "StreamCore",
+    "DatagramCore",
+    "SockOp",
+    "ChildWatch",
+    "watch_child",
+]
 
 _T = TypeVar("_T")
 _Ts = TypeVarTuple("_Ts")
@@ -278,7 +286,15 @@ class SockOp:
     def _wait_done(self, _fut: asyncio.Future[Any]) -> None:
         """Done callback of the wait's future: stops watching the fd."""
 
+@final
+class ChildWatch:
+    """One child watched through its pidfd."""
+
+    @property
+    def returncode(self) -> int | None:
+        """The return code once this watch reaped the child, else None."""
+
 def watch_child(
     loop_: Engine, pid: int, callback: Callable[[int], object], context: contextvars.Context
-) -> bool:
-    """Calls `callback(returncode)` in `context` once child `pid` exits; False without pidfds."""
+) -> ChildWatch | None:
+    """Calls `callback(returncode)` in `context` once child `pid` exits; None without pidfds."""
