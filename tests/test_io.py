@@ -176,7 +176,8 @@ def test_sock_udp(loop):
 
 
 @pytest.mark.parametrize(
-    ("size", "error"), [("1", TypeError), (1.5, TypeError), (-1, ValueError), (2**70, OverflowError)]
+    ("size", "error"),
+    [("1", TypeError), (1.5, TypeError), (-1, ValueError), (2**70, OverflowError)],
 )
 def test_sock_recv_checks_its_size_when_awaited(loop, size, error):
     a, b = socket.socketpair()

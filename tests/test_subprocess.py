@@ -78,14 +78,10 @@ def wait_reaped(pid: int, deadline: float = 10.0) -> bool:
     return not os.path.exists(f"/proc/{pid}")
 
 
-def test_children_left_at_close_are_reaped(loop, flavour, request):
+def test_children_left_at_close_are_reaped(loop, flavour):
     if flavour == "asyncio" and sys.version_info >= (3, 12):
-        request.applymarker(
-            pytest.mark.xfail(
-                reason="asyncio's pidfd watcher (3.12+) drops children at close: zombies",
-                run=False,  # each would be waited for until the deadline
-            )
-        )
+        # Not run: each zombie would be waited for until the deadline.
+        pytest.xfail("asyncio's pidfd watcher (3.12+) drops children at close: zombies")
     # A fresh policy: asyncio's loop (3.11, 3.12) leaves its own watcher on
     # the policy, which oxloop would honour as one the user set.
     asyncio.set_event_loop_policy(None)
