@@ -5,7 +5,8 @@
 #               module), Rust unit tests, then for
 #               every Python: behaviour tests (integration tests against real
 #               redis-server and PostgreSQL included) and CPython's
-#               test_asyncio conformance suite
+#               test_asyncio conformance suite; last, upstream libraries' own
+#               test suites on oxloop (3.12; tests/upstream)
 #   make bench  every benchmark against every rival loop; writes docs/benchmarks.md
 # Everything installs into .venv-<version>/ (pip packages and the Rust build).
 
@@ -15,12 +16,12 @@ RUN_VERSION ?= 3.12
 venv = $(CURDIR)/.venv-$(1)
 vpy = $(call venv,$(1))/bin/python
 
-.PHONY: run test lint rust-test services bench clean $(addprefix venv-,$(PY_VERSIONS)) $(addprefix test-,$(PY_VERSIONS))
+.PHONY: run test lint rust-test services upstream bench clean $(addprefix venv-,$(PY_VERSIONS)) $(addprefix test-,$(PY_VERSIONS))
 
 run: venv-$(RUN_VERSION)
 	$(call vpy,$(RUN_VERSION)) -m oxloop examples/echo.py
 
-test: lint rust-test services $(addprefix test-,$(PY_VERSIONS))
+test: lint rust-test services $(addprefix test-,$(PY_VERSIONS)) upstream
 
 # redis-server and PostgreSQL for the integration tests (Debian packages).
 services:
@@ -52,10 +53,19 @@ $(addprefix test-,$(PY_VERSIONS)): test-%: venv-%
 	$(call vpy,$*) -m tests.cpython.runner
 	$(call vpy,$*) -m pytest tests -q -p no:cacheprovider
 
+# anyio's, uvicorn's, ... own suites, from their sdists, on asyncio's loop and
+# on oxloop; their test dependencies in a virtualenv of their own.
+upstream_venv = $(CURDIR)/.venv-upstream
+upstream:
+	@test -x $(upstream_venv)/bin/python || "$$(scripts/python-for $(RUN_VERSION))" -m venv $(upstream_venv)
+	$(upstream_venv)/bin/python -m pip install -q --disable-pip-version-check -r requirements-dev.txt -r tests/upstream/requirements.txt
+	$(upstream_venv)/bin/python -m pip install -q --disable-pip-version-check -e .
+	$(upstream_venv)/bin/python -m tests.upstream
+
 bench: venv-$(RUN_VERSION) services
 	$(call vpy,$(RUN_VERSION)) -m pip install -q --disable-pip-version-check -r requirements-bench.txt
 	scripts/install-rsloop $(call vpy,$(RUN_VERSION))
 	cd bench && $(call vpy,$(RUN_VERSION)) run.py
 
 clean:
-	rm -rf target .venv-* python/oxloop/*.so
+	rm -rf target .venv-* python/oxloop/*.so build/upstream

@@ -10,6 +10,7 @@ import threading
 import time
 import warnings
 import weakref
+from unittest import mock
 
 import pytest
 
@@ -170,6 +171,35 @@ def test_context_argument_is_used(loop):
     loop.call_later(0.01, loop.stop)
     loop.run_forever()
     assert sorted(seen) == ["default", "in-ctx", "in-ctx"]
+
+
+def test_timers_follow_a_replaced_time(loop):
+    """Libraries' tests patch `loop.time` to control when timers fire:
+    call_later reads it, and so does the loop deciding which timers are due."""
+    fired = []
+
+    async def turns():
+        for _ in range(3):
+            await asyncio.sleep(0)
+
+    async def main():
+        now = loop.time()
+        with mock.patch.object(loop, "time") as time:
+            time.return_value = now
+            loop.call_later(1000, fired.append, "later")
+            loop.call_at(now + 2000, fired.append, "at")
+            await turns()
+            assert fired == []
+            time.return_value = now + 1000
+            await turns()
+            assert fired == ["later"]
+            time.return_value = now + 2000
+            await turns()
+            assert fired == ["later", "at"]
+        # The real clock again.
+        assert abs(loop.time() - now) < 1000
+
+    loop.run_until_complete(main())
 
 
 def test_a_context_argument_is_used_through_its_run_method(loop):

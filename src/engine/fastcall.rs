@@ -75,9 +75,20 @@ static METHODS: Methods<7> = Methods([
 
 static TIMER_METHODS: Methods<1> = Methods([simple(c"cancel", timer_cancel, ffi::METH_NOARGS)]);
 
+/// The native `Engine.time` descriptor, once installed.
+static NATIVE_TIME: AtomicPtr<ffi::PyObject> = AtomicPtr::new(std::ptr::null_mut());
+
 /// Adds the raw methods to the engine's class.
 pub fn install(engine: &Bound<'_, PyType>) -> PyResult<()> {
-    add_methods(engine, &METHODS)
+    add_methods(engine, &METHODS)?;
+    // The class keeps the descriptor alive for the life of the process.
+    NATIVE_TIME.store(engine.getattr("time")?.as_ptr(), Relaxed);
+    Ok(())
+}
+
+/// True when `time` is the native `Engine.time` (not a subclass's own).
+pub fn is_native_time(time: &Bound<'_, PyAny>) -> bool {
+    time.as_ptr() == NATIVE_TIME.load(Relaxed)
 }
 
 /// Adds the native `cancel` to the TimerHandle class the loop makes.
@@ -156,7 +167,7 @@ unsafe extern "C" fn call_later(
             if delay.is_none() {
                 return Err(PyTypeError::new_err("delay must not be None"));
             }
-            let when = monotonic() + delay.extract::<f64>()?;
+            let when = Engine::now(engine)? + delay.extract::<f64>()?;
             // asyncio's call_later calls call_at, which checks the callback.
             Engine::checked_schedule(engine, "call_at", Some(when), &callback, &rest, context)
         })

@@ -7,6 +7,7 @@
 //! handler). No state is borrowed while Python code runs: a callback, a
 //! finalizer or a user's selector may call back into the loop at any time.
 
+use super::fastcall;
 use super::free_list::FreeList;
 use super::gc::Traverse;
 use super::gil_cell::GilCell;
@@ -28,6 +29,7 @@ use pyo3::PyTraverseError;
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// asyncio's `MAXIMUM_SELECT_TIMEOUT`: the longest single wait, in seconds.
@@ -111,6 +113,8 @@ pub struct Engine {
     /// `threading.get_ident()` of the thread running the loop; 0 when stopped.
     thread_id: AtomicU64,
     resolution: f64,
+    /// Whether the loop's class replaces `time()` (looked up once).
+    class_time: OnceLock<bool>,
 }
 
 impl Drop for Engine {
@@ -127,6 +131,49 @@ fn current_thread() -> u64 {
 }
 
 impl Engine {
+    /// The loop's time as asyncio's `_run_once` and `call_later` read it,
+    /// `self.time()`: the native clock, unless `time` was replaced on the
+    /// instance (`mock.patch.object(loop, "time")`, as libraries' tests
+    /// control time) or by a subclass.
+    pub fn now(slf: &Bound<'_, Self>) -> PyResult<f64> {
+        match Self::replaced_time(slf)? {
+            None => Ok(monotonic()),
+            Some(time) => time.call0()?.extract(),
+        }
+    }
+
+    /// The loop's `time` attribute when it is not the native clock.
+    fn replaced_time<'py>(slf: &Bound<'py, Self>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let py = slf.py();
+        let name = intern!(py, "time");
+        let by_class = *slf.get().class_time.get_or_init(|| {
+            slf.get_type()
+                .getattr(name)
+                .is_ok_and(|t| !fastcall::is_native_time(&t))
+        });
+        // SAFETY: `slf` is a live object whose class has an instance dict
+        // (the Python `Loop`); the call returns a new reference or NULL with
+        // an exception set.
+        let dict = unsafe {
+            Bound::from_owned_ptr_or_opt(
+                py,
+                ffi::PyObject_GenericGetDict(slf.as_ptr(), std::ptr::null_mut()),
+            )
+        };
+        let by_instance = match dict {
+            Some(d) => d.cast_into::<PyDict>()?.contains(name)?,
+            None => {
+                // An Engine without a dict (no Python subclass).
+                drop(PyErr::take(py));
+                false
+            }
+        };
+        if by_class || by_instance {
+            return slf.getattr(name).map(Some);
+        }
+        Ok(None)
+    }
+
     /// `loop.get_debug()`.
     pub fn get_debug(&self) -> bool {
         self.debug.load(Relaxed)
@@ -298,18 +345,13 @@ impl Engine {
         }
     }
 
-    /// How long the next wait may block.
-    fn next_timeout(&self, st: &State) -> Option<Duration> {
+    /// When the next wait must end: at once (`-inf`) while callbacks are
+    /// ready or the loop stops, else at the next timer's deadline, if any.
+    fn wait_deadline(&self, st: &State) -> Option<f64> {
         if !st.ready.is_empty() || self.stopping.load(Relaxed) {
-            return Some(Duration::ZERO);
+            return Some(f64::NEG_INFINITY);
         }
-        let when = st.timers.next_deadline()?;
-        let secs = (when - monotonic()).clamp(0.0, MAXIMUM_SELECT_TIMEOUT);
-        Some(Duration::from_secs_f64(if secs.is_nan() {
-            0.0
-        } else {
-            secs
-        }))
+        st.timers.next_deadline()
     }
 
     /// One iteration: wait for I/O, queue the watchers of ready fds, queue
@@ -319,20 +361,44 @@ impl Engine {
     fn run_once(slf: &Bound<'_, Self>, busy: bool) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let events = this.wait(py, busy)?;
+        let events = Self::wait(slf, busy)?;
         Self::dispatch_io(slf, &events)?;
-        this.queue_due_timers(py, events);
+        let has_timers = !this.state.lock().timers.is_empty();
+        let now = if has_timers { Self::now(slf)? } else { 0.0 };
+        this.queue_due_timers(py, events, now);
         Self::run_ready(slf)
     }
 
     /// Step 1: drops cancelled timers, then waits for I/O as long as the
     /// next timer allows; returns the backend's reports.
-    fn wait(&self, py: Python<'_>, busy: bool) -> PyResult<Vec<Event>> {
-        let (timeout, poll, mut events, pruned) = {
-            let mut st = self.state.lock();
+    fn wait(slf: &Bound<'_, Self>, busy: bool) -> PyResult<Vec<Event>> {
+        let py = slf.py();
+        let this = slf.get();
+        let (deadline, pruned) = {
+            let mut st = this.state.lock();
             st.settle_last(py);
             let pruned = st.timers.prune(py);
-            let timeout = self.next_timeout(&st);
+            (this.wait_deadline(&st), pruned)
+        };
+        // Cancelled timers (a finished `asyncio.timeout`'s) are reused too.
+        for t in pruned {
+            FreeList::recycle(&this.free, t.into_bound(py));
+        }
+        // The clock is read (it may be Python code) with no state borrowed.
+        let timeout = match deadline {
+            None => None,
+            Some(d) if d == f64::NEG_INFINITY => Some(Duration::ZERO),
+            Some(d) => {
+                let secs = (d - Self::now(slf)?).clamp(0.0, MAXIMUM_SELECT_TIMEOUT);
+                Some(Duration::from_secs_f64(if secs.is_nan() {
+                    0.0
+                } else {
+                    secs
+                }))
+            }
+        };
+        let (poll, mut events) = {
+            let mut st = this.state.lock();
             let mut events = std::mem::take(&mut st.events);
             events.clear();
             let now = Instant::now();
@@ -342,14 +408,10 @@ impl Engine {
             if poll {
                 st.polled = Some(now);
             }
-            (timeout, poll, events, pruned)
+            (poll, events)
         };
-        // Cancelled timers (a finished `asyncio.timeout`'s) are reused too.
-        for t in pruned {
-            FreeList::recycle(&self.free, t.into_bound(py));
-        }
         if poll {
-            self.io.wait(py, timeout, &mut events)?;
+            this.io.wait(py, timeout, &mut events)?;
         }
         Ok(events)
     }
@@ -368,15 +430,15 @@ impl Engine {
         Ok(())
     }
 
-    /// Step 3: queues the timers due within the clock's resolution, and
-    /// keeps the events buffer for the next wait.
-    fn queue_due_timers(&self, py: Python<'_>, events: Vec<Event>) {
+    /// Step 3: queues the timers due within the clock's resolution of
+    /// `now`, and keeps the events buffer for the next wait.
+    fn queue_due_timers(&self, py: Python<'_>, events: Vec<Event>, now: f64) {
         let mut st = self.state.lock();
         st.events = events;
         if st.timers.is_empty() {
             return;
         }
-        let end = monotonic() + self.resolution;
+        let end = now + self.resolution;
         let State { ready, timers, .. } = &mut *st;
         while let Some(t) = timers.pop_due(py, end) {
             ready.push_back(Ready::Callback(t));
@@ -490,6 +552,7 @@ impl Engine {
             debug: AtomicBool::new(false),
             thread_id: AtomicU64::new(0),
             resolution: resolution(),
+            class_time: OnceLock::new(),
         }
     }
 

@@ -142,6 +142,54 @@ def test_uvicorn_with_httpx_and_websocket_upgrade(loop, flavour):
     loop.run_until_complete(main())
 
 
+LOOP_APP = """
+import asyncio
+
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    body = type(asyncio.get_running_loop()).__module__.encode()
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body})
+"""
+
+
+def test_uvicorn_command_line_takes_the_loop_factory(flavour, tmp_path):
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    (tmp_path / "loop_app.py").write_text(LOOP_APP)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    loop = {"oxloop": "oxloop:new_event_loop", "asyncio": "asyncio"}[flavour]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "loop_app:app", "--loop", loop, "--port", str(port)],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as r:
+                    body = r.read().decode()
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(server.stderr.read().decode()) from None
+                time.sleep(0.05)
+    finally:
+        server.terminate()
+        server.wait(10)
+    assert body.startswith("oxloop") == (flavour == "oxloop")
+
+
 def test_websockets_library(loop, flavour):
     import websockets
 
