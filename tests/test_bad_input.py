@@ -141,6 +141,15 @@ ASYNC_CALLS = {
     "getaddrinfo": st.tuples(hosts, ports),
     "create_connection": st.tuples(st.just(asyncio.Protocol), hosts, ports),
     "create_server": st.tuples(st.just(asyncio.Protocol), hosts, ports),
+    "create_datagram_endpoint": st.tuples(
+        st.just(asyncio.DatagramProtocol), st.one_of(st.tuples(hosts, ports), hosts)
+    ),
+    "create_unix_connection": st.tuples(
+        st.just(asyncio.Protocol), st.sampled_from([None, 1, b"", "", "/nonexistent/sock"])
+    ),
+    "getnameinfo": st.tuples(st.one_of(st.tuples(hosts, ports), hosts)),
+    "sock_accept": st.tuples(sock_like),
+    "sock_sendto": st.tuples(sock_like, buffers, st.tuples(hosts, ports)),
 }
 
 
@@ -187,8 +196,14 @@ def outcome(loop, name, call_args):
         result.cancel()
     elif name == "create_connection":
         result[0].abort()
+    elif name in ("create_datagram_endpoint", "create_unix_connection"):
+        result[0].abort()
     elif name == "create_server":
         result.close()
+        loop.run_until_complete(result.wait_closed())
+    # Let what was closed finish closing (its port free for the other loop).
+    for _ in range(2):
+        loop.run_until_complete(asyncio.sleep(0))
     return ("returned", normalized(result))
 
 
@@ -232,6 +247,8 @@ def loops():
     FDS.close()
 
 
+# A coroutine function is a callable some methods accept (an exception handler).
+@pytest.mark.filterwarnings("ignore:coroutine 'coroutine_function' was never awaited")
 @settings(
     max_examples=300,
     deadline=None,
