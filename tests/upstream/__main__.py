@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 import urllib.request
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -35,6 +36,18 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 CACHE = ROOT / "build" / "upstream"
 PER_TEST_TIMEOUT = 60
+
+
+def fetched(request: urllib.request.Request | str, attempts: int = 3) -> bytes:
+    """The body at `request`, tried again after a network error."""
+    for attempt in range(attempts - 1):
+        try:
+            with urllib.request.urlopen(request, timeout=120) as r:
+                return r.read()
+        except OSError:
+            time.sleep(2**attempt)
+    with urllib.request.urlopen(request, timeout=120) as r:
+        return r.read()
 
 
 def sources(suite: Suite) -> Path:
@@ -48,12 +61,10 @@ def sources(suite: Suite) -> Path:
         f"https://pypi.org/simple/{suite.dist}/",
         headers={"Accept": "application/vnd.pypi.simple.v1+json"},
     )
-    with urllib.request.urlopen(index, timeout=60) as r:
-        files = json.load(r)["files"]
+    files = json.loads(fetched(index))["files"]
     want = f"{suite.dist}-{suite.version}.tar.gz".lower().replace("-", "_")
     (sdist,) = [f for f in files if f["filename"].lower().replace("-", "_") == want]
-    with urllib.request.urlopen(sdist["url"], timeout=120) as r:
-        data = r.read()
+    data = fetched(sdist["url"])
     digest = hashlib.sha256(data).hexdigest()
     if digest != suite.sha256:
         raise RuntimeError(f"{sdist['filename']}: sha256 {digest}, pinned {suite.sha256}")
