@@ -5,7 +5,7 @@
 //! watcher reaps the child then (`waitpid`, `WNOHANG`) and schedules the
 //! callback with its return code as asyncio computes it.
 
-use crate::engine::{Engine, NativeWatcher, Side, Traverse, Watcher};
+use crate::engine::{Engine, GilCell, NativeWatcher, Side, Traverse, Watcher};
 use crate::errors::os_error;
 use crate::sys;
 use pyo3::gc::PyVisit;
@@ -24,7 +24,8 @@ const UNKNOWN_STATUS: i32 = 255;
 #[pyclass(frozen, module = "oxloop._oxloop", name = "ChildWatch")]
 pub struct ChildWatch {
     engine: Py<Engine>,
-    pidfd: OwnedFd,
+    /// Closed once the child is reaped (the watch itself may live on).
+    pidfd: GilCell<Option<OwnedFd>>,
     pid: libc::pid_t,
     callback: Py<PyAny>,
     /// The context the callback runs in.
@@ -38,6 +39,9 @@ impl NativeWatcher for ChildWatch {
         let py = slf.py();
         let this = slf.get();
         let engine = this.engine.bind(py);
+        let Some(fd) = this.pidfd.lock().as_ref().map(AsRawFd::as_raw_fd) else {
+            return Ok(());
+        };
         let returncode = match reap(this.pid) {
             Ok(None) => return Ok(()),
             Ok(Some(code)) => code,
@@ -54,11 +58,9 @@ impl NativeWatcher for ChildWatch {
             }
         };
         let _ = this.returncode.set(returncode);
-        drop(
-            engine
-                .get()
-                .set_watcher(py, this.pidfd.as_raw_fd(), Side::Read, None)?,
-        );
+        drop(engine.get().set_watcher(py, fd, Side::Read, None)?);
+        let closed = this.pidfd.lock().take();
+        drop(closed);
         let kwargs = [(intern!(py, "context"), this.context.bind(py))].into_py_dict(py)?;
         engine
             .call_method(
@@ -131,7 +133,7 @@ pub fn watch_child<'py>(
     let fd = pidfd.as_raw_fd();
     let watch = ChildWatch {
         engine: engine.clone().unbind(),
-        pidfd,
+        pidfd: GilCell::new(Some(pidfd)),
         pid,
         callback,
         context,

@@ -36,6 +36,14 @@ def loop(loop_factory):
         loop.close()
 
 
+@pytest.fixture(autouse=True)
+def fresh_policy():
+    """asyncio's loop leaves its child watcher on the policy (3.11-3.13),
+    which oxloop honours as one the user set: each test starts without it."""
+    yield
+    asyncio.set_event_loop_policy(None)
+
+
 @pytest.fixture
 def is_oxloop(flavour) -> bool:
     return flavour.startswith("oxloop")

@@ -3,7 +3,7 @@ loop side by side: the same outcome (the value returned, or the type of the
 exception raised), never a crash, and no registration left behind.
 
 Where asyncio's answer is plainly a bug, oxloop keeps its saner one; each
-such case is in `ASYNCIO_BUGS`, with what asyncio does.
+such case is in `asyncio_bug`, with what asyncio does.
 """
 
 from __future__ import annotations
@@ -110,10 +110,11 @@ signals = st.sampled_from(
     [signal.SIGUSR1, signal.SIGKILL, signal.SIGSTOP, 0, -1, 65, 2**40, "10", None, 1.5]
 )
 sock_like = st.one_of(st.sampled_from([FDS.sock_a, None, 3, "sock"]), st.builds(closed_socket))
-sizes = st.one_of(st.integers(min_value=-3, max_value=2**70), not_numbers)
+# Sizes Python can allocate (asyncio's sock.recv(n) allocates n bytes first).
+sizes = st.one_of(st.integers(min_value=-3, max_value=2**20), st.just(2**70), not_numbers)
 buffers = st.sampled_from([b"x", bytearray(b"x"), memoryview(b"xy")[::2], "x", None, 1])
 # No name that needs a DNS server: CI has none.
-hosts = st.sampled_from(["127.0.0.1", None, "localhost", 1, b"127.0.0.1", "::1", "300.1.1.1"])
+hosts = st.sampled_from(["127.0.0.1", None, "localhost", 1, b"127.0.0.1", "::1"])
 ports = st.one_of(st.integers(min_value=-1, max_value=2**17), not_numbers)
 
 

@@ -10,7 +10,7 @@ import contextvars
 import selectors
 import socket
 from collections.abc import Callable, Coroutine, Generator
-from typing import Any, Self, TypeVar, TypeVarTuple, Unpack, final
+from typing import Any, Self, SupportsIndex, TypeVar, TypeVarTuple, Unpack, final
 
 from typing_extensions import Buffer, disjoint_base
 
@@ -257,7 +257,7 @@ class SockOp:
     """A native awaitable for `sock_recv`, `sock_recv_into` and `sock_sendall`."""
 
     @staticmethod
-    def recv(loop_: Engine, sock: socket.socket, n: int) -> SockOp:
+    def recv(loop_: Engine, sock: socket.socket, n: SupportsIndex) -> SockOp:
         """`loop.sock_recv(sock, n)`."""
 
     @staticmethod

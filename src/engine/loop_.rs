@@ -151,9 +151,9 @@ impl Engine {
                 .getattr(name)
                 .is_ok_and(|t| !fastcall::is_native_time(&t))
         });
-        // SAFETY: `slf` is a live object whose class has an instance dict
-        // (the Python `Loop`); the call returns a new reference or NULL with
-        // an exception set.
+        // SAFETY: `slf` is a live object; the call returns a new reference
+        // to its instance dict, or NULL with AttributeError set when its class
+        // has none (a bare Engine).
         let dict = unsafe {
             Bound::from_owned_ptr_or_opt(
                 py,

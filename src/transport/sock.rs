@@ -16,7 +16,7 @@ use pyo3::gc::PyVisit;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyType};
+use pyo3::types::{PyBytes, PyDict, PyType};
 use pyo3::PyTraverseError;
 use std::io;
 use std::os::fd::RawFd;
@@ -81,7 +81,11 @@ impl SockOp {
     /// One try of the syscall.
     fn attempt<'py>(&self, py: Python<'py>, fd: RawFd) -> PyResult<Attempt<'py>> {
         let result: io::Result<Bound<'py, PyAny>> = match &self.kind {
-            Kind::Recv(n) => recv_bytes(py, fd, recv_size(n.bind(py))?).map(Bound::into_any),
+            Kind::Recv(n) => match recv_size(n.bind(py))? {
+                // As socket.recv(0): no syscall, so not even a closed socket fails.
+                0 => Ok(PyBytes::new(py, b"").into_any()),
+                n => recv_bytes(py, fd, n).map(Bound::into_any),
+            },
             Kind::RecvInto(buf) => {
                 let buf = byte_buffer(buf.bind(py))?;
                 let (ptr, len) = writable(&buf).ok_or_else(|| {

@@ -173,16 +173,19 @@ def test_uvicorn_command_line_takes_the_loop_factory(flavour, tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
         deadline = time.monotonic() + 30
         while True:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as r:
+                with direct.open(f"http://127.0.0.1:{port}/", timeout=5) as r:
                     body = r.read().decode()
                 break
             except OSError:
                 if server.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(server.stderr.read().decode()) from None
+                    server.terminate()
+                    _, err = server.communicate(timeout=10)
+                    raise AssertionError(err.decode()) from None
                 time.sleep(0.05)
     finally:
         server.terminate()
