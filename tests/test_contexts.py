@@ -359,9 +359,21 @@ EXPECTED = {
 }
 
 
+def settle_order(seen: dict[str, set[str]], scenario: str) -> None:
+    """A subprocess transport's connection_lost runs where the last of
+    process_exited and the pipes' ends ran, an order the OS decides: it is
+    checked against those, then left out of the comparison."""
+    if scenario == "subprocess":
+        lost = seen.pop("process.connection_lost")
+        assert lost <= seen["process.process_exited"] | seen["process.pipe_connection_lost"]
+
+
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
 def test_protocol_callbacks_context(loop_factory, scenario):
     seen = run(loop_factory, scenario)
     for callback, values in EXPECTED[scenario].items():
         assert seen[callback] == values, callback
-    assert seen == run(FLAVOURS["asyncio"], scenario)
+    reference = run(FLAVOURS["asyncio"], scenario)
+    settle_order(seen, scenario)
+    settle_order(reference, scenario)
+    assert seen == reference
