@@ -5,8 +5,11 @@
 #               module), Rust unit tests, then for
 #               every Python: behaviour tests (integration tests against real
 #               redis-server and PostgreSQL included) and CPython's
-#               test_asyncio conformance suite; last, upstream libraries' own
-#               test suites on oxloop (3.12; tests/upstream)
+#               test_asyncio conformance suite; the same two on a portable
+#               build (macOS's and the BSDs' code paths, run on Linux);
+#               compile checks for macOS, FreeBSD, Windows and Python
+#               3.14/3.14t; last, upstream libraries' own test suites on
+#               oxloop (3.12; tests/upstream)
 #   make bench  every benchmark against every rival loop; writes docs/benchmarks.md
 # Everything installs into .venv-<version>/ (pip packages and the Rust build).
 
@@ -16,12 +19,12 @@ RUN_VERSION ?= 3.12
 venv = $(CURDIR)/.venv-$(1)
 vpy = $(call venv,$(1))/bin/python
 
-.PHONY: run test lint rust-test services upstream bench clean $(addprefix venv-,$(PY_VERSIONS)) $(addprefix test-,$(PY_VERSIONS))
+.PHONY: run test lint rust-test services portable check-targets upstream bench clean $(addprefix venv-,$(PY_VERSIONS)) $(addprefix test-,$(PY_VERSIONS))
 
 run: venv-$(RUN_VERSION)
 	$(call vpy,$(RUN_VERSION)) -m oxloop examples/echo.py
 
-test: lint rust-test services $(addprefix test-,$(PY_VERSIONS)) upstream
+test: lint rust-test services $(addprefix test-,$(PY_VERSIONS)) portable check-targets upstream
 
 # redis-server and PostgreSQL for the integration tests (Debian packages).
 services:
@@ -48,10 +51,31 @@ lint: venv-$(RUN_VERSION)
 
 rust-test: venv-$(RUN_VERSION)
 	$(cargo_env) cargo test --release -q
+	$(cargo_env) cargo test --release -q --features portable
 
 $(addprefix test-,$(PY_VERSIONS)): test-%: venv-%
 	$(call vpy,$*) -m tests.cpython.runner
 	$(call vpy,$*) -m pytest tests -q -p no:cacheprovider
+
+# The fallbacks macOS and the BSDs take (the Python selector backend on
+# selectors.DefaultSelector(), a self-pipe waker, a thread per child), built
+# on Linux with `--features portable` into a venv of its own (a wheel, apart
+# from the editable native build) and put through both suites.
+portable_venv = $(CURDIR)/.venv-portable
+portable: services
+	@test -x $(portable_venv)/bin/python || "$$(scripts/python-for $(RUN_VERSION))" -m venv $(portable_venv)
+	$(portable_venv)/bin/python -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+	rm -rf build/portable
+	CARGO_TARGET_DIR=$(CURDIR)/target/portable MATURIN_PEP517_ARGS="--features portable" \
+		$(portable_venv)/bin/python -m pip wheel -q --disable-pip-version-check --no-deps -w build/portable .
+	$(portable_venv)/bin/python -m pip install -q --disable-pip-version-check --force-reinstall --no-deps build/portable/*.whl
+	$(portable_venv)/bin/python -c 'import oxloop._oxloop as m; assert m.PORTABLE, m.__file__'
+	$(portable_venv)/bin/python -m tests.cpython.runner
+	$(portable_venv)/bin/python -m pytest tests -q -p no:cacheprovider
+
+# macOS, FreeBSD and Windows compile checks; Linux against Python 3.14(t).
+check-targets:
+	scripts/check-targets
 
 # anyio's, uvicorn's, ... own suites, from their sdists, on asyncio's loop and
 # on oxloop; their test dependencies in a virtualenv of their own.
@@ -68,4 +92,4 @@ bench: venv-$(RUN_VERSION) services
 	cd bench && $(call vpy,$(RUN_VERSION)) run.py
 
 clean:
-	rm -rf target .venv-* python/oxloop/*.so build/upstream
+	rm -rf target .venv-* python/oxloop/*.so build/upstream build/portable

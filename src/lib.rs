@@ -24,5 +24,6 @@ fn _oxloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<transport::sock::SockOp>()?;
     m.add_class::<process::ChildWatch>()?;
     m.add_function(wrap_pyfunction!(process::watch_child, m)?)?;
+    m.add("PORTABLE", cfg!(not(linux_native)))?;
     Ok(())
 }

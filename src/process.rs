@@ -3,7 +3,9 @@
 //! The loop opens a pidfd for each child it spawns and watches it for
 //! reading; the kernel makes it readable once the child has exited, and the
 //! watcher reaps the child then (`waitpid`, `WNOHANG`) and schedules the
-//! callback with its return code as asyncio computes it.
+//! callback with its return code as asyncio computes it. Where there are no
+//! pidfds (macOS, the BSDs, a `portable` build) `watch_child` says so and
+//! the Python side waits for the child with a thread.
 
 use crate::engine::{Engine, GilCell, NativeWatcher, Side, Traverse, Watcher};
 use crate::errors::os_error;
@@ -14,7 +16,7 @@ use pyo3::prelude::*;
 use pyo3::types::IntoPyDict;
 use pyo3::PyTraverseError;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::OnceLock;
 
 /// What asyncio reports when a child's status was reaped elsewhere.
@@ -106,16 +108,25 @@ fn reap(pid: libc::pid_t) -> io::Result<Option<i32>> {
 }
 
 /// `pidfd_open(2)`.
+#[cfg(linux_native)]
 fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
+    use std::os::fd::FromRawFd;
     // SAFETY: plain syscall; it returns a new fd or -1.
     let fd = sys::check(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, libc::PIDFD_NONBLOCK) })?;
     // SAFETY: the kernel just gave us this fd and nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
+/// No pidfds here (macOS, the BSDs, a `portable` build): ENOSYS, which makes
+/// [`watch_child`] leave the child to the thread watcher.
+#[cfg(not(linux_native))]
+fn pidfd_open(_pid: libc::pid_t) -> io::Result<OwnedFd> {
+    Err(io::Error::from_raw_os_error(libc::ENOSYS))
+}
+
 /// Calls `callback(returncode)` in `context` on `loop` once the child `pid`
-/// has exited, reaping it; returns the watch. None when the kernel has no
-/// pidfds (the caller then needs another way to wait); OSError when `pid`
+/// has exited, reaping it; returns the watch. None when the platform or the
+/// kernel has no pidfds (the caller then needs another way to wait); OSError when `pid`
 /// is no child of ours.
 #[pyfunction]
 pub fn watch_child<'py>(
@@ -162,6 +173,7 @@ mod tests {
         child.id() as libc::pid_t
     }
 
+    #[cfg(linux_native)]
     fn wait_readable(fd: &OwnedFd) {
         let mut pfd = libc::pollfd {
             fd: fd.as_raw_fd(),
@@ -172,6 +184,7 @@ mod tests {
         assert_eq!(unsafe { libc::poll(&mut pfd, 1, 10_000) }, 1);
     }
 
+    #[cfg(linux_native)]
     #[test]
     fn a_pidfd_turns_readable_at_exit_and_reaping_gives_the_return_code() {
         for (code, expected) in [("exit 3", 3), ("kill -TERM $$", -libc::SIGTERM)] {
@@ -189,8 +202,10 @@ mod tests {
         assert_eq!(reap(pid).unwrap(), None);
         // SAFETY: signalling our own child.
         unsafe { libc::kill(pid, libc::SIGKILL) };
-        let fd = pidfd_open(pid).unwrap();
-        wait_readable(&fd);
-        assert_eq!(reap(pid).unwrap(), Some(-libc::SIGKILL));
+        let reaped = std::iter::repeat_with(|| {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            reap(pid).unwrap()
+        });
+        assert_eq!(reaped.flatten().next(), Some(-libc::SIGKILL));
     }
 }

@@ -1,7 +1,9 @@
-//! The one helper every system call goes through: C's "-1 and errno"
-//! convention as an `io::Result` (std's `cvt`, mio's `syscall!`).
+//! The one helper every system call goes through, C's "-1 and errno"
+//! convention as an `io::Result` (std's `cvt`, mio's `syscall!`), and the
+//! few calls whose spelling differs between the platforms.
 
 use std::io;
+use std::os::fd::RawFd;
 
 /// A system call's return type whose negative values mean failure.
 pub trait SyscallReturn: Copy {
@@ -27,6 +29,51 @@ pub fn check<T: SyscallReturn>(ret: T) -> io::Result<T> {
     } else {
         Ok(ret)
     }
+}
+
+/// Flags for `send`/`sendmsg`/`sendto` on a socket: a gone peer is EPIPE,
+/// never SIGPIPE. macOS has no `MSG_NOSIGNAL` on every version it runs;
+/// there [`no_sigpipe`] sets `SO_NOSIGPIPE` on the socket instead.
+#[cfg(not(target_vendor = "apple"))]
+pub const SEND_FLAGS: libc::c_int = libc::MSG_NOSIGNAL;
+/// Flags for `send`/`sendmsg`/`sendto` on a socket (see [`no_sigpipe`]).
+#[cfg(target_vendor = "apple")]
+pub const SEND_FLAGS: libc::c_int = 0;
+
+/// Makes writes to the socket `fd` fail with EPIPE instead of raising
+/// SIGPIPE where [`SEND_FLAGS`] cannot say so (macOS: `SO_NOSIGPIPE`).
+/// Called once per socket a transport or `sock_*` operation writes to.
+pub fn no_sigpipe(fd: RawFd) {
+    #[cfg(target_vendor = "apple")]
+    {
+        let on: libc::c_int = 1;
+        // SAFETY: passes a live c_int of the size given; a failure (not a
+        // socket) leaves the fd as it was, and its writes then say why.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_NOSIGPIPE,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+    }
+    #[cfg(not(target_vendor = "apple"))]
+    let _ = fd;
+}
+
+/// Makes the fresh `fd` non-blocking and close-on-exec, for the platforms
+/// whose calls (`pipe`, `socketpair`) take no such flags.
+pub fn set_nonblocking_cloexec(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on an fd the caller owns, with integer arguments only.
+    unsafe {
+        let flags = check(libc::fcntl(fd, libc::F_GETFL))?;
+        check(libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK))?;
+        let flags = check(libc::fcntl(fd, libc::F_GETFD))?;
+        check(libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

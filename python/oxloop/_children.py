@@ -36,13 +36,14 @@ def watch_child(loop, process, callback):
     `subprocess.Popen`) exits, reaping it. `returncode` is negative for a
     child killed by a signal.
 
-    The callback runs where asyncio's own watcher would run it: with a pidfd
-    (3.12 on), in the context of the caller; waited for by a thread, in the
-    thread's empty one."""
+    The callback runs where asyncio's own watcher on Linux runs it: from 3.12
+    on (a pidfd), in the context of the caller; on 3.11 (a thread), in an
+    empty one. That holds whichever way oxloop waits, so code sees the same
+    context on macOS (where asyncio's thread would give an empty one)."""
     pid = process.pid
+    pidfd_context = sys.version_info >= (3, 12)
+    context = contextvars.copy_context() if pidfd_context else contextvars.Context()
     if USE_PIDFD:
-        pidfd_context = sys.version_info >= (3, 12)
-        context = contextvars.copy_context() if pidfd_context else contextvars.Context()
         watch = _oxloop.watch_child(loop, pid, callback, context)
         if watch is not None:
             watches = loop._child_watches
@@ -51,7 +52,10 @@ def watch_child(loop, process, callback):
             watches[pid] = (watch, process)
             return
     threading.Thread(
-        target=_wait, args=(loop, pid, callback), name=f"oxloop-waitpid-{pid}", daemon=True
+        target=_wait,
+        args=(loop, process, callback, context),
+        name=f"oxloop-waitpid-{pid}",
+        daemon=True,
     ).start()
 
 
@@ -73,15 +77,27 @@ def reap_at_close(loop):
     loop._child_watches.clear()
 
 
-def _wait(loop, pid, callback):
+def _wait(loop, process, callback, context):
+    """A thread's wait for `process`, holding its Popen's lock as
+    `Popen.wait` does (so `Popen.poll` meanwhile says "running" instead of
+    reaping it first). The return code is kept in the Popen at once, so it
+    is there even when the loop closed before the callback could run, as
+    with a pidfd (`reap_at_close`)."""
+    with process._waitpid_lock:
+        if process.returncode is not None:
+            returncode = process.returncode
+        else:
+            try:
+                _, status = os.waitpid(process.pid, 0)
+            except ChildProcessError:
+                returncode = 255
+                logger.warning(
+                    "Unknown child process pid %d, will report returncode 255", process.pid
+                )
+            else:
+                returncode = os.waitstatus_to_exitcode(status)
+            process.returncode = returncode
     try:
-        _, status = os.waitpid(pid, 0)
-    except ChildProcessError:
-        returncode = 255
-        logger.warning("Unknown child process pid %d, will report returncode 255", pid)
-    else:
-        returncode = os.waitstatus_to_exitcode(status)
-    try:
-        loop.call_soon_threadsafe(callback, returncode)
+        loop.call_soon_threadsafe(callback, returncode, context=context)
     except RuntimeError:
-        logger.warning("Loop %r that handles pid %r is closed", loop, pid)
+        pass  # the loop closed: the return code is in the Popen

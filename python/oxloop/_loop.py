@@ -171,7 +171,8 @@ class _Registrations(selectors.BaseSelector):
 
 
 class Loop(Engine, asyncio.AbstractEventLoop):
-    """oxloop's event loop: asyncio's API on the Rust engine (native epoll)."""
+    """oxloop's event loop: asyncio's API on the Rust engine (native epoll on
+    Linux; `selectors.DefaultSelector()` on macOS and the BSDs)."""
 
     _adopt(vars())
 
@@ -429,7 +430,8 @@ def _is_numeric(host, port) -> bool:
 
 class SelectorEventLoop(Loop):
     """A loop that waits on the given `selectors.BaseSelector` (for example
-    `selectors.SelectSelector()`), or on native epoll when none is given."""
+    `selectors.SelectSelector()`), or on the platform's own backend when
+    none is given (as `Loop`)."""
 
     def __init__(self, selector=None):
         self._init_loop(selector)

@@ -22,6 +22,7 @@ __all__ = [
     "SockOp",
     "ChildWatch",
     "watch_child",
+    "PORTABLE",
 ]
 
 _T = TypeVar("_T")
@@ -298,3 +299,8 @@ def watch_child(
     loop_: Engine, pid: int, callback: Callable[[int], object], context: contextvars.Context
 ) -> ChildWatch | None:
     """Calls `callback(returncode)` in `context` once child `pid` exits; None without pidfds."""
+
+#: True when the engine takes the code paths of macOS and the BSDs (the
+#: Python selector backend on `selectors.DefaultSelector()`, a self-pipe
+#: waker, a thread per child): always there, on Linux in a `portable` build.
+PORTABLE: bool

@@ -3,6 +3,7 @@
 //! user's Python selector) and a completion backend (io_uring, whose poll ops
 //! report readiness through the same [`Event`]) are interchangeable.
 
+#[cfg(linux_native)]
 pub mod epoll;
 pub mod pyselector;
 pub mod waker;
@@ -75,12 +76,17 @@ pub trait Backend: Send {
 }
 
 /// The backend a loop waits on: the user's `selectors.BaseSelector` when one
-/// was passed to `SelectorEventLoop(selector)`, else the platform's native
-/// one; `waker` is registered in it.
+/// was passed to `SelectorEventLoop(selector)`, else the platform's own: epoll
+/// on Linux, and elsewhere (or built `portable`) the Python selector backend
+/// on `selectors.DefaultSelector()` (kqueue on macOS and the BSDs), the
+/// backend this project's tests run on Linux too. `waker` is registered in it.
 pub fn open(selector: Option<Py<PyAny>>, waker: Arc<waker::Waker>) -> PyResult<Box<dyn Backend>> {
     Ok(match selector {
         Some(s) => Box::new(pyselector::PySelector::new(s, waker)?),
+        #[cfg(linux_native)]
         None => Box::new(epoll::Epoll::new(waker)?),
+        #[cfg(not(linux_native))]
+        None => Box::new(pyselector::PySelector::platform(waker)?),
     })
 }
 

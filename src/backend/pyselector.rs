@@ -1,5 +1,7 @@
-//! A backend that waits on a `selectors.BaseSelector` the user passed to
-//! `SelectorEventLoop(selector)`. The only backend that touches Python.
+//! A backend that waits on a `selectors.BaseSelector`: the one the user
+//! passed to `SelectorEventLoop(selector)`, or, where epoll is not the
+//! backend, `selectors.DefaultSelector()`. The only backend that touches
+//! Python.
 
 use super::waker::Waker;
 use super::{Backend, Event, Interest};
@@ -15,10 +17,13 @@ use std::time::Duration;
 const EVENT_READ: u8 = 1;
 const EVENT_WRITE: u8 = 2;
 
-/// The user's selector, with the waker registered in it.
+/// A selector with the waker registered in it.
 pub struct PySelector {
     selector: Option<Py<PyAny>>,
     waker: Arc<Waker>,
+    /// The selector is ours (`DefaultSelector()`), not the user's: a forked
+    /// child gets a fresh one.
+    owned: bool,
 }
 
 fn mask(interest: Interest) -> u8 {
@@ -33,7 +38,20 @@ impl PySelector {
         Ok(Self {
             selector: Some(selector),
             waker,
+            owned: false,
         })
+    }
+
+    /// A new `selectors.DefaultSelector()`, with the waker's fd registered.
+    pub fn platform(waker: Arc<Waker>) -> PyResult<Self> {
+        let selector = Python::attach(|py| {
+            py.import(intern!(py, "selectors"))?
+                .call_method0(intern!(py, "DefaultSelector"))
+                .map(Bound::unbind)
+        })?;
+        let mut this = Self::new(selector, waker)?;
+        this.owned = true;
+        Ok(this)
     }
 
     fn selector(&self) -> io::Result<&Py<PyAny>> {
@@ -100,7 +118,18 @@ impl Backend for PySelector {
         }
     }
 
-    fn reopen(&mut self, _waker: Arc<Waker>) -> io::Result<bool> {
-        Ok(false)
+    fn reopen(&mut self, waker: Arc<Waker>) -> io::Result<bool> {
+        if !self.owned {
+            return Ok(false);
+        }
+        let mut parents = std::mem::replace(self, Self::platform(waker)?);
+        // Not closed: unregistering would change the epoll set the parent
+        // shares. On Linux dropping it closes our copy of the epoll fd; a
+        // kqueue is not inherited, so there its fd number may already be
+        // another fd of the child's, which dropping would close.
+        if !cfg!(target_os = "linux") {
+            std::mem::forget(parents.selector.take());
+        }
+        Ok(true)
     }
 }

@@ -358,7 +358,7 @@ impl<const N: usize> Call<N> {
     /// # Safety
     /// `args` holds `nargs` objects followed by one per name in `kwnames` (a
     /// tuple of strings, or NULL), all borrowed for the call.
-    unsafe fn parse<'py>(self, py: Python<'py>) -> PyResult<Schedule<'py, N>> {
+    unsafe fn parse(self, py: Python<'_>) -> PyResult<Schedule<'_, N>> {
         let method = self.method;
         let nargs = usize::try_from(self.nargs)
             .map_err(|_| PySystemError::new_err("negative argument count"))?;

@@ -143,11 +143,11 @@ unsafe fn put(obj: *mut ffi::PyObject, off: isize, value: *mut ffi::PyObject) {
 ///
 /// # Safety
 /// As for [`slot`], for every offset.
-unsafe fn clear<'py, const N: usize>(
-    py: Python<'py>,
+unsafe fn clear<const N: usize>(
+    py: Python<'_>,
     obj: *mut ffi::PyObject,
     offs: [isize; N],
-) -> [Option<Bound<'py, PyAny>>; N] {
+) -> [Option<Bound<'_, PyAny>>; N] {
     // SAFETY: guaranteed by the caller; each old value (possibly NULL) was a
     // strong reference owned by the object, now owned by the result.
     offs.map(|off| unsafe {

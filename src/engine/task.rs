@@ -75,7 +75,7 @@ fn new_task<'py>(
     for (slot, arg) in args[2..].iter_mut().zip(name.into_iter().chain(context)) {
         *slot = arg.as_ptr();
     }
-    let given = usize::from(name.is_some()) | usize::from(context.is_some()) << 1;
+    let given = usize::from(name.is_some()) | (usize::from(context.is_some()) << 1);
     let kwnames =
         KWNAMES[given].get_or_try_init(py, || PyTuple::new(py, NAMES[given]).map(Bound::unbind))?;
     vectorcall(&class, &args[..1 + NAMES[given].len()], kwnames.bind(py))

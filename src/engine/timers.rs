@@ -14,16 +14,25 @@ use std::collections::BinaryHeap;
 /// head (asyncio's `_MIN_SCHEDULED_TIMER_HANDLES`).
 const MIN_SCHEDULED_TIMER_HANDLES: usize = 100;
 
-/// Seconds on `CLOCK_MONOTONIC`, the clock `time.monotonic()` reads.
+/// The clock `time.monotonic()` reads: `CLOCK_MONOTONIC`, except on macOS,
+/// where CPython reads `mach_absolute_time()`, which is `CLOCK_UPTIME_RAW`
+/// (it stops while the machine sleeps; macOS's `CLOCK_MONOTONIC` does not).
+#[cfg(not(target_vendor = "apple"))]
+const CLOCK: libc::clockid_t = libc::CLOCK_MONOTONIC;
+#[cfg(target_vendor = "apple")]
+const CLOCK: libc::clockid_t = libc::CLOCK_UPTIME_RAW;
+
+/// Seconds on the clock `time.monotonic()` reads.
 pub fn monotonic() -> f64 {
-    // SAFETY: `ts` is a live timespec; CLOCK_MONOTONIC always exists on Linux.
-    seconds(|ts| unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, ts) })
+    // SAFETY: `ts` is a live timespec; the clock exists on every platform
+    // that names it.
+    seconds(|ts| unsafe { libc::clock_gettime(CLOCK, ts) })
 }
 
 /// The resolution of [`monotonic`], in seconds (asyncio's `_clock_resolution`).
 pub fn resolution() -> f64 {
     // SAFETY: as in `monotonic`.
-    seconds(|ts| unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC, ts) })
+    seconds(|ts| unsafe { libc::clock_getres(CLOCK, ts) })
 }
 
 fn seconds(read: impl FnOnce(&mut libc::timespec) -> libc::c_int) -> f64 {
@@ -48,7 +57,7 @@ fn order_bits(x: f64) -> u64 {
     if bits >> 63 == 1 {
         !bits
     } else {
-        bits | 1 << 63
+        bits | (1 << 63)
     }
 }
 
@@ -111,7 +120,7 @@ impl<T> TimerHeap<T> {
             when
         };
         self.seq += 1;
-        let key = u128::from(order_bits(when)) << 64 | u128::from(self.seq);
+        let key = (u128::from(order_bits(when)) << 64) | u128::from(self.seq);
         self.heap.push(Entry { key, item });
     }
 

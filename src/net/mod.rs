@@ -42,11 +42,11 @@ pub fn would_block(e: &io::Error) -> bool {
 }
 
 /// What a byte-stream fd is, for the one call that differs: a socket is
-/// written with `MSG_NOSIGNAL` (a gone peer is EPIPE, never SIGPIPE), a pipe
-/// or character device with plain `write(2)`.
+/// written with `send` and [`sys::SEND_FLAGS`] (a gone peer is EPIPE, never
+/// SIGPIPE), a pipe or character device with plain `write(2)`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum FdKind {
-    /// A stream socket: `send` with `MSG_NOSIGNAL`.
+    /// A stream socket: `send` with [`sys::SEND_FLAGS`].
     Socket,
     /// A pipe or character device: `write`.
     Pipe,
@@ -57,7 +57,7 @@ pub fn send(fd: RawFd, data: &[u8], kind: FdKind) -> io::Result<usize> {
     // SAFETY: `data` is a live slice for the duration of the call.
     let n = unsafe {
         match kind {
-            FdKind::Socket => libc::send(fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL),
+            FdKind::Socket => libc::send(fd, data.as_ptr().cast(), data.len(), sys::SEND_FLAGS),
             FdKind::Pipe => libc::write(fd, data.as_ptr().cast(), data.len()),
         }
     };
@@ -302,7 +302,7 @@ pub fn sendto(fd: RawFd, data: &[u8], to: &SockAddr) -> io::Result<usize> {
             fd,
             data.as_ptr().cast(),
             data.len(),
-            libc::MSG_NOSIGNAL,
+            sys::SEND_FLAGS,
             (&to.storage as *const libc::sockaddr_storage).cast(),
             to.len,
         )

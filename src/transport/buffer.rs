@@ -119,7 +119,7 @@ impl WriteBuffer {
         // duration of the call.
         let n = unsafe {
             match kind {
-                FdKind::Socket => libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL),
+                FdKind::Socket => libc::sendmsg(fd, &msg, sys::SEND_FLAGS),
                 FdKind::Pipe => libc::writev(fd, iov.as_ptr(), iov.len() as _),
             }
         };

@@ -16,6 +16,7 @@ use crate::engine::{Engine, GilCell, NativeWatcher, Side, Traverse, Watcher};
 use crate::errors::{os_error, report_protocol_error};
 use crate::net::addr::SockAddr;
 use crate::net::{recvfrom_copied, send, sendto, with_bytes, would_block, FdKind};
+use crate::sys;
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyTuple};
@@ -237,6 +238,7 @@ impl DatagramCore {
         transport: Py<PyAny>,
         protocol: &Bound<'_, PyAny>,
     ) -> PyResult<Self> {
+        sys::no_sigpipe(fd);
         let state = State {
             protocol: Some(Protocol::new(protocol)),
             peer: None,

@@ -11,6 +11,7 @@ use crate::errors::{escapes, os_error};
 use crate::net::{
     byte_buffer, read_raw, recv_bytes, send, with_bytes, would_block, writable, FdKind,
 };
+use crate::sys;
 use pyo3::exceptions::{PyStopIteration, PyTypeError, PyValueError};
 use pyo3::gc::PyVisit;
 use pyo3::intern;
@@ -115,6 +116,9 @@ impl SockOp {
         data: &Bound<'py, PyAny>,
     ) -> io::Result<Bound<'py, PyAny>> {
         let mut sent = self.sent.load(Relaxed);
+        if sent == 0 {
+            sys::no_sigpipe(fd);
+        }
         let result = with_bytes(data, |bytes, _| {
             while sent < bytes.len() {
                 match send(fd, &bytes[sent..], FdKind::Socket) {

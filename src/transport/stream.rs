@@ -447,6 +447,9 @@ impl StreamCore {
         pipe: bool,
     ) -> PyResult<Self> {
         let engine = loop_.cast::<Engine>()?.clone().unbind();
+        if !pipe {
+            sys::no_sigpipe(fd);
+        }
         let state = State {
             protocol: Some(protocol.clone().unbind()),
             reader: Reader::for_protocol(protocol).ok(),
