@@ -66,7 +66,7 @@ portable: services
 	@test -x $(portable_venv)/bin/python || "$$(scripts/python-for $(RUN_VERSION))" -m venv $(portable_venv)
 	$(portable_venv)/bin/python -m pip install -q --disable-pip-version-check -r requirements-dev.txt
 	rm -rf build/portable
-	CARGO_TARGET_DIR=$(CURDIR)/target/portable MATURIN_PEP517_ARGS="--features portable" \
+	CARGO_TARGET_DIR=$(CURDIR)/target/portable MATURIN_PEP517_ARGS="--features pyo3/extension-module,portable" \
 		$(portable_venv)/bin/python -m pip wheel -q --disable-pip-version-check --no-deps -w build/portable .
 	$(portable_venv)/bin/python -m pip install -q --disable-pip-version-check --force-reinstall --no-deps build/portable/*.whl
 	$(portable_venv)/bin/python -c 'import oxloop._oxloop as m; assert m.PORTABLE, m.__file__'

@@ -107,12 +107,13 @@ fn reap(pid: libc::pid_t) -> io::Result<Option<i32>> {
     }))
 }
 
-/// `pidfd_open(2)`.
+/// `pidfd_open(2)`, without flags: the fd is only polled (`PIDFD_NONBLOCK`
+/// would need Linux 5.10, and EINVAL before it); pidfds are close-on-exec.
 #[cfg(linux_native)]
 fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
     use std::os::fd::FromRawFd;
     // SAFETY: plain syscall; it returns a new fd or -1.
-    let fd = sys::check(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, libc::PIDFD_NONBLOCK) })?;
+    let fd = sys::check(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })?;
     // SAFETY: the kernel just gave us this fd and nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }

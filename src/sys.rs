@@ -31,6 +31,11 @@ pub fn check<T: SyscallReturn>(ret: T) -> io::Result<T> {
     }
 }
 
+/// The most bytes one `read`/`write`/`send`/`writev` is asked to move:
+/// macOS refuses more than `INT_MAX` with EINVAL (CPython caps `os.write`
+/// there the same way); Linux moves at most 0x7ffff000 anyway.
+pub const MAX_IO: usize = i32::MAX as usize;
+
 /// Flags for `send`/`sendmsg`/`sendto` on a socket: a gone peer is EPIPE,
 /// never SIGPIPE. macOS has no `MSG_NOSIGNAL` on every version it runs;
 /// there [`no_sigpipe`] sets `SO_NOSIGPIPE` on the socket instead.

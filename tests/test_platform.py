@@ -5,14 +5,17 @@ is portable, as on macOS and the BSDs)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
 
 import oxloop
+import pytest
 from oxloop import _oxloop
 
 
@@ -37,6 +40,12 @@ def open_fds() -> dict[int, str]:
     return fds
 
 
+proc_fds = pytest.mark.skipif(
+    not os.path.isdir("/proc/self/fd"), reason="reads Linux's /proc/self/fd"
+)
+
+
+@proc_fds
 def test_the_loop_waits_and_wakes_the_way_the_build_says():
     before = open_fds()
     loop = oxloop.new_event_loop()
@@ -79,3 +88,37 @@ def test_children_are_watched_the_way_the_build_says():
         if child.returncode is None:
             child.poll()
         loop.close()
+
+
+def test_a_signal_handler_may_use_the_loop_while_it_waits(loop):
+    # A handler set with signal.signal runs inside the wait (a Python
+    # selector's select() runs it on EINTR); it may call into the loop, as
+    # finalizers there may (a StreamWriter closing its transport). A select()
+    # or poll() retried after the handler does not see the new reader, so a
+    # ticking timer ends each wait soon.
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    got = loop.create_future()
+
+    def on_readable():
+        loop.remove_reader(r)
+        got.set_result(os.read(r, 10))
+
+    def on_alarm(signum, frame):
+        loop.add_reader(r, on_readable)
+        os.write(w, b"ping")
+
+    def tick():
+        if not got.done():
+            loop.call_later(0.01, tick)
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    tick()
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        assert loop.run_until_complete(asyncio.wait_for(got, 10)) == b"ping"
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        os.close(r)
+        os.close(w)

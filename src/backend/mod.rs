@@ -14,6 +14,10 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// A wait taken out of a backend ([`Backend::unlocked_wait`]): its timeout
+/// and where the reports go, as for [`Backend::wait`].
+pub type UnlockedWait = Box<dyn FnOnce(Option<Duration>, &mut Vec<Event>) -> io::Result<()>>;
+
 /// What the loop wants to hear about one file descriptor.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Interest {
@@ -64,6 +68,14 @@ pub trait Backend: Send {
     /// Whether `wait` may be called with the interpreter detached. A backend
     /// that calls into Python (the user-selector one) says no.
     fn waits_detached(&self) -> bool;
+
+    /// A wait to run without the engine's lock on this backend, for a
+    /// backend whose wait runs Python code (a signal handler, a finalizer)
+    /// that may call back into the loop and so into this backend; None
+    /// (the default): `wait` is called under the lock.
+    fn unlocked_wait(&self) -> Option<UnlockedWait> {
+        None
+    }
 
     /// Releases what the backend holds from the OS (or the user's selector).
     fn close(&mut self);

@@ -4,7 +4,7 @@
 //! Python.
 
 use super::waker::Waker;
-use super::{Backend, Event, Interest};
+use super::{Backend, Event, Interest, UnlockedWait};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
@@ -80,32 +80,21 @@ impl Backend for PySelector {
     }
 
     fn wait(&mut self, timeout: Option<Duration>, events: &mut Vec<Event>) -> io::Result<()> {
-        let selector = self.selector()?;
-        let wfd = self.waker.fd();
-        Python::attach(|py| -> PyResult<()> {
-            let ready = selector.call_method1(py, "select", (timeout.map(|t| t.as_secs_f64()),))?;
-            for item in ready.bind(py).try_iter()? {
-                let item = item?;
-                let pair = item.cast::<PyTuple>()?;
-                let fd: RawFd = pair.get_item(0)?.getattr(intern!(py, "fd"))?.extract()?;
-                let bits: u8 = pair.get_item(1)?.extract()?;
-                if fd == wfd {
-                    self.waker.drain();
-                } else {
-                    events.push(Event {
-                        fd,
-                        readable: bits & EVENT_READ != 0,
-                        writable: bits & EVENT_WRITE != 0,
-                    });
-                }
-            }
-            Ok(())
-        })
-        .map_err(io::Error::from)
+        select(self.selector()?, &self.waker, timeout, events)
     }
 
     fn waits_detached(&self) -> bool {
         false
+    }
+
+    /// `select()` runs signal handlers and finalizers, which may add or
+    /// remove a reader: the engine must not hold this backend meanwhile.
+    fn unlocked_wait(&self) -> Option<UnlockedWait> {
+        let selector = Python::attach(|py| self.selector().ok().map(|s| s.clone_ref(py)))?;
+        let waker = self.waker.clone();
+        Some(Box::new(move |timeout, events| {
+            select(&selector, &waker, timeout, events)
+        }))
     }
 
     fn close(&mut self) {
@@ -132,4 +121,35 @@ impl Backend for PySelector {
         }
         Ok(true)
     }
+}
+
+/// One `selector.select(timeout)`: its reports appended to `events`, a
+/// wake-up drained and left out.
+fn select(
+    selector: &Py<PyAny>,
+    waker: &Waker,
+    timeout: Option<Duration>,
+    events: &mut Vec<Event>,
+) -> io::Result<()> {
+    let wfd = waker.fd();
+    Python::attach(|py| -> PyResult<()> {
+        let ready = selector.call_method1(py, "select", (timeout.map(|t| t.as_secs_f64()),))?;
+        for item in ready.bind(py).try_iter()? {
+            let item = item?;
+            let pair = item.cast::<PyTuple>()?;
+            let fd: RawFd = pair.get_item(0)?.getattr(intern!(py, "fd"))?.extract()?;
+            let bits: u8 = pair.get_item(1)?.extract()?;
+            if fd == wfd {
+                waker.drain();
+            } else {
+                events.push(Event {
+                    fd,
+                    readable: bits & EVENT_READ != 0,
+                    writable: bits & EVENT_WRITE != 0,
+                });
+            }
+        }
+        Ok(())
+    })
+    .map_err(io::Error::from)
 }

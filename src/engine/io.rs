@@ -295,6 +295,10 @@ impl Io {
             let backend = guard
                 .as_mut()
                 .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))?;
+            if let Some(unlocked) = backend.unlocked_wait() {
+                drop(guard);
+                return unlocked(timeout, events);
+            }
             backend.wait(timeout, events)
         };
         let r = if self.waits_detached.load(Relaxed) && timeout != Some(Duration::ZERO) {

@@ -35,13 +35,23 @@ pub fn resolution() -> f64 {
     seconds(|ts| unsafe { libc::clock_getres(CLOCK, ts) })
 }
 
+/// Reads a clock into seconds as CPython's `_PyTime_AsSecondsDouble` does
+/// (whole nanoseconds divided once), so that `loop.time()` and
+/// `time.monotonic()` agree to the bit on the same reading.
 fn seconds(read: impl FnOnce(&mut libc::timespec) -> libc::c_int) -> f64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     read(&mut ts);
-    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+    // time_t and c_long are i64 on 64-bit targets, narrower elsewhere.
+    #[allow(clippy::unnecessary_cast)]
+    let ns = ts.tv_sec as i64 * 1_000_000_000 + ts.tv_nsec as i64;
+    if ns % 1_000_000_000 == 0 {
+        (ns / 1_000_000_000) as f64
+    } else {
+        ns as f64 / 1e9
+    }
 }
 
 /// A timer: its deadline and scheduling order packed in one integer whose

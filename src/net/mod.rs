@@ -54,6 +54,7 @@ pub enum FdKind {
 
 /// Writes `data` to `fd`: how much of it the fd took.
 pub fn send(fd: RawFd, data: &[u8], kind: FdKind) -> io::Result<usize> {
+    let data = &data[..data.len().min(sys::MAX_IO)];
     // SAFETY: `data` is a live slice for the duration of the call.
     let n = unsafe {
         match kind {
@@ -117,7 +118,7 @@ pub fn writable(buf: &PyBuffer<u8>) -> Option<(*mut u8, usize)> {
 /// `ptr` must be valid for writes of `len` bytes for the duration of the call.
 pub unsafe fn read_raw(fd: RawFd, ptr: *mut u8, len: usize) -> io::Result<usize> {
     // SAFETY: guaranteed by the caller.
-    sys::check(unsafe { libc::read(fd, ptr.cast(), len) }).map(|n| n as usize)
+    sys::check(unsafe { libc::read(fd, ptr.cast(), len.min(sys::MAX_IO)) }).map(|n| n as usize)
 }
 
 extern "C" {

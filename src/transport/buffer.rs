@@ -97,12 +97,17 @@ impl WriteBuffer {
             .chunks
             .iter()
             .take(MAX_IOV)
-            .map(|c| {
-                let rest = c.rest(py);
-                libc::iovec {
-                    iov_base: rest.as_ptr() as *mut _,
-                    iov_len: rest.len(),
+            .scan(sys::MAX_IO, |room, c| {
+                if *room == 0 {
+                    return None;
                 }
+                let rest = c.rest(py);
+                let len = rest.len().min(*room);
+                *room -= len;
+                Some(libc::iovec {
+                    iov_base: rest.as_ptr() as *mut _,
+                    iov_len: len,
+                })
             })
             .collect();
         let msg = libc::msghdr {
