@@ -7,8 +7,7 @@ fn main() {
     println!("cargo::rerun-if-changed=build.rs");
     println!("cargo::rustc-check-cfg=cfg(linux_native)");
     let os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
-    let family = std::env::var("CARGO_CFG_TARGET_FAMILY").unwrap_or_default();
-    if family.split(',').any(|f| f == "windows") {
+    if std::env::var_os("CARGO_CFG_WINDOWS").is_some() {
         println!(
             "cargo::error=oxloop does not support Windows yet: it runs on Linux, macOS and \
              FreeBSD. On Windows use asyncio's own event loop (asyncio.run(main()) \

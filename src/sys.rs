@@ -47,7 +47,8 @@ pub const SEND_FLAGS: libc::c_int = 0;
 
 /// Makes writes to the socket `fd` fail with EPIPE instead of raising
 /// SIGPIPE where [`SEND_FLAGS`] cannot say so (macOS: `SO_NOSIGPIPE`).
-/// Called once per socket a transport or `sock_*` operation writes to.
+/// Called when a transport is made on a socket and when a `sock_sendall`
+/// starts; a no-op elsewhere.
 pub fn no_sigpipe(fd: RawFd) {
     #[cfg(target_vendor = "apple")]
     {

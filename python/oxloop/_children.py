@@ -41,8 +41,8 @@ def watch_child(loop, process, callback):
     empty one. That holds whichever way oxloop waits, so code sees the same
     context on macOS (where asyncio's thread would give an empty one)."""
     pid = process.pid
-    pidfd_context = sys.version_info >= (3, 12)
-    context = contextvars.copy_context() if pidfd_context else contextvars.Context()
+    callers = sys.version_info >= (3, 12)
+    context = contextvars.copy_context() if callers else contextvars.Context()
     if USE_PIDFD:
         watch = _oxloop.watch_child(loop, pid, callback, context)
         if watch is not None:
