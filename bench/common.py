@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from oxloop._bench import baseline, installed, loop_factory  # noqa: F401 (re-exported)
+from oxloop._bench import WITH_HEALTH, baseline, installed, loop_factory  # noqa: F401 (re-exported)
 
 TICKS = os.sysconf("SC_CLK_TCK")
 SERVER_CPU, CLIENT_CPU = 0, 1
@@ -24,8 +24,9 @@ RIVALS = ("uvloop", "rloop", "rsloop", "veloxloop")
 
 
 def available_loops() -> list[str]:
-    """oxloop, each rival that is installed, and asyncio, in table order."""
-    return ["oxloop", *installed(RIVALS), "asyncio"]
+    """oxloop (health figures off, then on), each rival that is installed,
+    and asyncio, in table order."""
+    return ["oxloop", WITH_HEALTH, *installed(RIVALS), "asyncio"]
 
 
 def start_server(script: Path, *args: str) -> tuple[subprocess.Popen, int]:

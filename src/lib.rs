@@ -1,10 +1,11 @@
 //! `oxloop._oxloop`: the Rust engine of the oxloop asyncio event loop.
 //! This file only registers; the layers live in `process`, `transport`,
-//! `engine`, `backend` and `net` (see docs/architecture.md).
+//! `engine`, `health`, `backend` and `net` (see docs/architecture.md).
 
 pub mod backend;
 pub mod engine;
 pub mod errors;
+pub mod health;
 pub mod net;
 pub mod process;
 pub mod sys;

@@ -82,6 +82,41 @@ pub fn set_nonblocking_cloexec(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
+/// The clock `time.monotonic()` reads: `CLOCK_MONOTONIC`, except on macOS,
+/// where CPython reads `mach_absolute_time()`, which is `CLOCK_UPTIME_RAW`
+/// (it stops while the machine sleeps; macOS's `CLOCK_MONOTONIC` does not).
+#[cfg(not(target_vendor = "apple"))]
+const CLOCK: libc::clockid_t = libc::CLOCK_MONOTONIC;
+#[cfg(target_vendor = "apple")]
+const CLOCK: libc::clockid_t = libc::CLOCK_UPTIME_RAW;
+
+/// Nanoseconds on the clock `time.monotonic()` reads.
+#[inline]
+pub fn monotonic_ns() -> u64 {
+    // SAFETY: `ts` is a live timespec; the clock exists on every platform
+    // that names it.
+    nanoseconds(|ts| unsafe { libc::clock_gettime(CLOCK, ts) })
+}
+
+/// The resolution of [`monotonic_ns`], in nanoseconds.
+pub fn monotonic_resolution_ns() -> u64 {
+    // SAFETY: as in `monotonic_ns`.
+    nanoseconds(|ts| unsafe { libc::clock_getres(CLOCK, ts) })
+}
+
+/// A clock reading in whole nanoseconds.
+// time_t and c_long are i64 on 64-bit targets, narrower elsewhere.
+#[allow(clippy::unnecessary_cast)]
+#[inline]
+fn nanoseconds(read: impl FnOnce(&mut libc::timespec) -> libc::c_int) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    read(&mut ts);
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

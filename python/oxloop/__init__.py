@@ -5,15 +5,22 @@ oxloop.run(main())
 asyncio.set_event_loop_policy(oxloop.EventLoopPolicy())
 """
 
+from ._health import Health, Lag, SlowCallback, configure_health, health, reset_health
 from ._loop import Loop, SelectorEventLoop, new_event_loop
 from ._policy import EventLoopPolicy, install, run
 
 __all__ = (
     "EventLoopPolicy",
+    "Health",
+    "Lag",
     "Loop",
     "SelectorEventLoop",
+    "SlowCallback",
+    "configure_health",
+    "health",
     "install",
     "new_event_loop",
+    "reset_health",
     "run",
 )
 

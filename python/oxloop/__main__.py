@@ -11,9 +11,24 @@ import sys
 from ._policy import install
 
 USAGE = (
-    "usage: python -m oxloop SCRIPT [ARGS...] | python -m oxloop -m MODULE [ARGS...]"
-    " | python -m oxloop bench [--help]"
+    "usage: python -m oxloop [--health] SCRIPT [ARGS...]"
+    " | python -m oxloop [--health] -m MODULE [ARGS...] | python -m oxloop bench [--help]\n"
+    "  --health  record loop health figures; print them at exit (and on SIGUSR1)"
 )
+
+
+def watch_health() -> None:
+    """Turns health figures on for every loop made from now on; prints them
+    to stderr when the program ends and when SIGUSR1 arrives."""
+    import atexit
+    import signal
+
+    from . import _health
+
+    os.environ["OXLOOP_HEALTH"] = "1"
+    atexit.register(_health.report, sys.stderr)
+    if hasattr(signal, "SIGUSR1"):
+        signal.signal(signal.SIGUSR1, lambda *_: _health.report(sys.stderr))
 
 
 def main(argv: list[str]) -> int:
@@ -24,6 +39,12 @@ def main(argv: list[str]) -> int:
         from ._bench import main as bench
 
         return bench(argv[1:])
+    if argv[0] == "--health":
+        watch_health()
+        argv = argv[1:]
+        if not argv:
+            print(USAGE, file=sys.stderr)
+            return 2
     install()
     if argv[0] == "-m":
         sys.argv = argv[1:]

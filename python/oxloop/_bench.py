@@ -22,17 +22,30 @@ import sys
 import threading
 import time
 
+#: The column of oxloop with its health figures on; "oxloop" has them off.
+WITH_HEALTH = "oxloop+health"
+
 
 def loop_factory(name: str):
-    """The `new_event_loop` of a loop module by name (asyncio: its selector loop)."""
+    """The `new_event_loop` of a loop module by name (asyncio: its selector
+    loop); "oxloop" with its health figures off, "oxloop+health" on."""
     if name == "asyncio":
         return asyncio.SelectorEventLoop
+    if name in ("oxloop", WITH_HEALTH):
+        import oxloop
+
+        def new_event_loop():
+            loop = oxloop.new_event_loop()
+            oxloop.configure_health(loop, enabled=name == WITH_HEALTH)
+            return loop
+
+        return new_event_loop
     return importlib.import_module(name).new_event_loop
 
 
 def installed(names) -> list[str]:
-    """Those of the loop modules `names` that can be imported here."""
-    return [name for name in names if importlib.util.find_spec(name)]
+    """Those of the loops `names` whose module can be imported here."""
+    return [name for name in names if importlib.util.find_spec(name.split("+")[0])]
 
 
 def baseline(loops: list[str]) -> str:
@@ -385,7 +398,7 @@ def main(argv: list[str], loops: list[str] | None = None, repeat: int = 3, scale
     opts = parser.parse_args(argv)
     if opts.loops:
         loops = opts.loops.split(",")
-    loops = loops or ["oxloop", *installed(["uvloop"]), "asyncio"]
+    loops = loops or ["oxloop", WITH_HEALTH, *installed(["uvloop"]), "asyncio"]
     benches = opts.only.split(",") if opts.only else list(BENCHMARKS)
     unknown = set(benches) - set(BENCHMARKS)
     if unknown:

@@ -24,7 +24,7 @@ import warnings
 import weakref
 from asyncio import base_events, events, format_helpers, unix_events
 
-from . import _children
+from . import _children, _health
 from ._datagram import DatagramTransport
 from ._oxloop import Engine, SockOp
 from ._pipes import ReadPipeTransport, WritePipeTransport
@@ -181,6 +181,9 @@ class Loop(Engine, asyncio.AbstractEventLoop):
 
     def _init_loop(self, selector):
         self._open(selector)
+        if os.environ.get("OXLOOP_HEALTH") == "1":
+            _health.configure_health(self, enabled=True)
+            _health.watched.append(self)
         self._selector = _Registrations(self)
         self._clock_resolution = time.get_clock_info("monotonic").resolution
         self._default_executor = None
@@ -352,6 +355,17 @@ class Loop(Engine, asyncio.AbstractEventLoop):
         if handle._source_traceback:
             context["source_traceback"] = handle._source_traceback
         self.call_exception_handler(context)
+
+    def _slow_callback(self, obj, duration, log):
+        """Name a slow callback for the health figures (the engine calls this
+        for a run slow enough to be kept or logged); log it if `log`."""
+        name, location = _health.describe(obj)
+        if log:
+            what = base_events._format_handle(obj) if hasattr(obj, "_callback") else f"<{name}>"
+            logger.warning(
+                "Executing %s took %.3f seconds (%s at %s)", what, duration, name, location
+            )
+        return name, location
 
     def _run_handle_debug(self, handle):
         """Run a handle in debug mode, timing it as asyncio's `_run_once` does."""

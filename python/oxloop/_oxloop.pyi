@@ -145,6 +145,18 @@ class Engine:
     def stop(self) -> None:
         """`loop.stop()`: ends `run_forever` after the current iteration."""
 
+    def _health_snapshot(self) -> dict[str, Any]:
+        """The health figures now (nanoseconds), for `oxloop.health()`."""
+
+    def _health_reset(self) -> None:
+        """Starts the health figures over."""
+
+    def _health_settings(self) -> tuple[bool, int, float | None]:
+        """`(enabled, slow callbacks kept, log threshold in seconds or None)`."""
+
+    def _health_configure(self, enabled: bool, slowest: int, log_threshold: float | None) -> None:
+        """Changes the health settings (see `_health_settings`)."""
+
     def is_running(self) -> bool:
         """`loop.is_running()`."""
 

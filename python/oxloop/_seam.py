@@ -74,6 +74,11 @@ class LoopSeam(Protocol):
         """Reports what a callback raised, as `Handle._run` does. Called by
         src/engine/loop_.rs."""
 
+    def _slow_callback(self, obj: Any, duration: float, log: bool, /) -> tuple[str, str]:
+        """Names a slow callback (a handle, or a native core) as
+        `(name, "file:line")` for the health figures, logging it if `log`.
+        Called by src/engine/loop_.rs (health figures on)."""
+
     def _ensure_fd_no_transport(self, fd: int, /) -> None:
         """asyncio's check that no transport owns `fd`. Called by
         src/transport/sock.rs before a `sock_*` operation waits on it."""

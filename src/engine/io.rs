@@ -5,7 +5,7 @@
 use super::fork;
 use super::gil_cell::GilCell;
 use super::handle;
-use super::ready::Ready;
+use super::ready::{Ready, ReadyQueue};
 use super::registry::{fileobj_to_fd, Registration, Registry, Side, Watcher};
 use crate::backend::waker::Waker;
 use crate::backend::{self, Backend, Event, Interest};
@@ -14,7 +14,6 @@ use parking_lot::Mutex;
 use pyo3::exceptions::PyValueError;
 use pyo3::intern;
 use pyo3::prelude::*;
-use std::collections::VecDeque;
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -313,14 +312,15 @@ impl Io {
         }
     }
 
-    /// Queues the watchers of the fds `events` reports; returns the sides
+    /// Queues the watchers of the fds `events` reports, due since `due`; returns the sides
     /// whose `add_reader`/`add_writer` handle was found cancelled, for the
     /// caller to remove.
     pub fn dispatch(
         &self,
         py: Python<'_>,
         events: &[Event],
-        ready: &mut VecDeque<Ready>,
+        ready: &mut ReadyQueue,
+        due: u64,
     ) -> Vec<(RawFd, Side)> {
         let reg = self.registry.lock();
         let mut stale = Vec::new();
@@ -336,7 +336,7 @@ impl Io {
                     (true, Some(Watcher::Handle(h))) if handle::is_cancelled(h.bind(py)) => {
                         stale.push((ev.fd, side));
                     }
-                    (true, Some(w)) => ready.push_back(Ready::from_watcher(w.clone_ref(py), side)),
+                    (true, Some(w)) => ready.push(Ready::from_watcher(w.clone_ref(py), side), due),
                     _ => {}
                 }
             }

@@ -8,17 +8,20 @@
 //! finalizer or a user's selector may call back into the loop at any time.
 
 use super::fastcall;
+use super::fork;
 use super::free_list::FreeList;
 use super::gc::Traverse;
 use super::gil_cell::GilCell;
 use super::handle;
+use super::health;
 use super::io::Io;
-use super::ready::Ready;
+use super::ready::{Ready, ReadyQueue, PENDING};
 use super::registry::{Registration, Side, Watcher};
 use super::task;
-use super::timers::{monotonic, resolution, Timers};
+use super::timers::{monotonic, resolution, seconds, Timers};
 use crate::backend::Event;
 use crate::errors::{closed_error, escapes};
+use crate::health::{clock, Health, SlowCallback};
 use pyo3::exceptions::{PyKeyError, PyOverflowError, PyRuntimeError, PyTypeError};
 use pyo3::ffi;
 use pyo3::gc::PyVisit;
@@ -26,7 +29,6 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use pyo3::PyTraverseError;
-use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::OnceLock;
@@ -42,7 +44,7 @@ const BUSY_POLL_INTERVAL: Duration = Duration::from_micros(50);
 /// The queues the iteration works on.
 #[derive(Default)]
 struct State {
-    ready: VecDeque<Ready>,
+    ready: ReadyQueue,
     timers: Timers,
     /// The handle scheduled last, while it is queued, until the next
     /// `schedule` or iteration checks whether its caller kept it
@@ -52,6 +54,12 @@ struct State {
     events: Vec<Event>,
     /// When the backend was last asked for events (`None`: never).
     polled: Option<Instant>,
+    /// The loop's health figures.
+    health: Health,
+    /// The fork generation the figures were taken in ([`fork::generation`]).
+    health_generation: u64,
+    /// How many `running` calls are in progress (nested `_run_once` calls).
+    run_depth: u32,
 }
 
 impl State {
@@ -125,6 +133,16 @@ impl Drop for Engine {
     }
 }
 
+/// When a timer that is `late` seconds past its deadline at `now` (a
+/// health clock reading) became due; 0 while health figures are off
+/// (`now` 0).
+fn due_since(now: u64, late: f64) -> u64 {
+    if now == 0 || !(late > 0.0 && late.is_finite()) {
+        return now;
+    }
+    now.saturating_sub(clock::from_nanos((late * 1e9) as u64))
+}
+
 fn current_thread() -> u64 {
     // SAFETY: plain query of the calling thread's identifier.
     unsafe { ffi::PyThread_get_thread_ident() as u64 }
@@ -183,7 +201,9 @@ impl Engine {
     pub fn timer_cancelled(&self, timer: &Bound<'_, PyAny>) {
         // Checked before the borrow: an isinstance check may run Python code.
         if handle::is_scheduled(timer) {
-            self.state.lock().timers.cancelled();
+            let mut st = self.state.lock();
+            st.timers.cancelled();
+            st.health.counters.timers_cancelled += 1;
         }
     }
 
@@ -231,17 +251,20 @@ impl Engine {
         if this.debug.load(Relaxed) {
             Self::debug_checks(slf, callback, method, method != "call_soon_threadsafe")?;
         }
-        Self::schedule(slf, when, callback, args, context)
+        let threadsafe = method == "call_soon_threadsafe";
+        Self::schedule(slf, when, callback, args, context, threadsafe)
     }
 
     /// Makes a handle and queues it: on the ready queue, or with `when` on
-    /// the timers.
+    /// the timers. A handle queued from another thread is due at once; one
+    /// the running callback queues, once it returns ([`PENDING`]).
     fn schedule<'py>(
         slf: &Bound<'py, Self>,
         when: Option<f64>,
         callback: &Bound<'py, PyAny>,
         args: &Bound<'py, PyTuple>,
         context: Option<&Bound<'py, PyAny>>,
+        threadsafe: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         let this = slf.get();
         let debug = this.debug.load(Relaxed);
@@ -257,7 +280,14 @@ impl Engine {
             st.last = Some(h.clone().unbind());
         }
         match when {
-            None => st.ready.push_back(Ready::Callback(h.clone().unbind())),
+            None => {
+                let due = match (st.health.enabled, threadsafe) {
+                    (false, _) => 0,
+                    (true, true) => clock::now(),
+                    (true, false) => PENDING,
+                };
+                st.ready.push(Ready::Callback(h.clone().unbind()), due);
+            }
             Some(when) => st.timers.push(when, h.clone()),
         }
         Ok(h)
@@ -361,17 +391,22 @@ impl Engine {
     fn run_once(slf: &Bound<'_, Self>, busy: bool) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let events = Self::wait(slf, busy)?;
-        Self::dispatch_io(slf, &events)?;
+        let (events, woke) = Self::wait(slf, busy)?;
+        Self::dispatch_io(slf, &events, woke)?;
         let has_timers = !this.state.lock().timers.is_empty();
-        let now = if has_timers { Self::now(slf)? } else { 0.0 };
+        let now = if has_timers {
+            Some(Self::now(slf)?)
+        } else {
+            None
+        };
         this.queue_due_timers(py, events, now);
         Self::run_ready(slf)
     }
 
     /// Step 1: drops cancelled timers, then waits for I/O as long as the
-    /// next timer allows; returns the backend's reports.
-    fn wait(slf: &Bound<'_, Self>, busy: bool) -> PyResult<Vec<Event>> {
+    /// next timer allows; returns the backend's reports and, with health
+    /// figures on, when the wait ended.
+    fn wait(slf: &Bound<'_, Self>, busy: bool) -> PyResult<(Vec<Event>, u64)> {
         let py = slf.py();
         let this = slf.get();
         let (deadline, pruned) = {
@@ -410,19 +445,32 @@ impl Engine {
             }
             (poll, events)
         };
-        if poll {
-            this.io.wait(py, timeout, &mut events)?;
+        if !poll {
+            return Ok((events, 0));
         }
-        Ok(events)
+        let timed = this.state.lock().health.enabled;
+        if timed {
+            this.state.lock().health.wait_started(clock::now());
+        }
+        let waited = this.io.wait(py, timeout, &mut events);
+        let woke = if timed {
+            let now = clock::now();
+            this.state.lock().health.wait_ended(now, events.len());
+            now
+        } else {
+            0
+        };
+        waited.map(|()| (events, woke))
     }
 
-    /// Step 2: queues the watchers of the fds the backend reported; a
-    /// cancelled `add_reader`/`add_writer` handle found there is removed.
-    fn dispatch_io(slf: &Bound<'_, Self>, events: &[Event]) -> PyResult<()> {
+    /// Step 2: queues the watchers of the fds the backend reported, due
+    /// since `woke`; a cancelled `add_reader`/`add_writer` handle found
+    /// there is removed.
+    fn dispatch_io(slf: &Bound<'_, Self>, events: &[Event], woke: u64) -> PyResult<()> {
         let this = slf.get();
         let stale = {
             let mut st = this.state.lock();
-            this.io.dispatch(slf.py(), events, &mut st.ready)
+            this.io.dispatch(slf.py(), events, &mut st.ready, woke)
         };
         for (fd, side) in stale {
             Self::remove_watch(slf, side, fd)?;
@@ -431,61 +479,140 @@ impl Engine {
     }
 
     /// Step 3: queues the timers due within the clock's resolution of
-    /// `now`, and keeps the events buffer for the next wait.
-    fn queue_due_timers(&self, py: Python<'_>, events: Vec<Event>, now: f64) {
+    /// `now` (the loop's time, read when timers are scheduled), each due
+    /// since its deadline, and keeps the events buffer for the next wait.
+    fn queue_due_timers(&self, py: Python<'_>, events: Vec<Event>, now: Option<f64>) {
         let mut st = self.state.lock();
         st.events = events;
-        if st.timers.is_empty() {
+        let Some(now) = now else {
             return;
-        }
+        };
         let end = now + self.resolution;
-        let State { ready, timers, .. } = &mut *st;
-        while let Some(t) = timers.pop_due(py, end) {
-            ready.push_back(Ready::Callback(t));
+        let ticks = if st.health.enabled { clock::now() } else { 0 };
+        let State {
+            ready,
+            timers,
+            health,
+            ..
+        } = &mut *st;
+        let mut fired = 0;
+        while let Some((when, t)) = timers.pop_due(py, end) {
+            fired += 1;
+            ready.push(Ready::Callback(t), due_since(ticks, now - when));
+        }
+        if health.enabled {
+            health.counters.timers_fired += fired;
         }
     }
 
     /// Step 4: runs what is ready now (not what these callbacks schedule);
-    /// a handle that ran goes back to the free list.
+    /// a handle that ran goes back to the free list. With health figures
+    /// on, each run is timed (one clock reading per callback: its end is
+    /// the next one's start) and its lag recorded.
     fn run_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let ntodo = this.state.lock().ready.len();
+        let (ntodo, mut start) = {
+            let mut st = this.state.lock();
+            let ntodo = st.ready.len();
+            let start = st.health.enabled.then(clock::now);
+            if let Some(now) = start {
+                if st.health_generation != fork::generation() {
+                    st.health_generation = fork::generation();
+                    st.health.reset(now);
+                }
+                st.health.iteration(ntodo);
+                st.ready.stamp_pending(now);
+            }
+            (ntodo, start)
+        };
         for _ in 0..ntodo {
-            let next = {
+            let (next, due) = {
                 let mut st = this.state.lock();
-                let next = st.ready.pop_front();
-                if let Some(Ready::Callback(h)) = &next {
+                let Some((next, due)) = st.ready.pop() else {
+                    break;
+                };
+                if let Ready::Callback(h) = &next {
                     // Another thread scheduled it during this iteration:
                     // `last` may only name a queued handle.
                     if st.last.as_ref().is_some_and(|l| l.is(h)) {
                         st.last = None;
                     }
                 }
-                next
+                (next, due)
             };
-            let h = match next {
-                None => break,
-                Some(Ready::Io(target, side)) => {
-                    match target.on_ready(py, side) {
-                        Err(e) if !escapes(py, &e) => {
-                            Self::native_failed(slf, &target.describe(py)?, e)?
-                        }
-                        ran => ran?,
+            let ran = match &next {
+                Ready::Io(target, side) => match target.on_ready(py, *side) {
+                    Err(e) if !escapes(py, &e) => {
+                        Self::native_failed(slf, &target.describe(py)?, e)
                     }
-                    continue;
-                }
-                Some(Ready::Callback(h)) => h.into_bound(py),
+                    ran => ran,
+                },
+                Ready::Callback(h) if handle::is_cancelled(h.bind(py)) => Ok(()),
+                Ready::Callback(h) => Self::run_handle(slf, h.bind(py)),
             };
-            let ran = if handle::is_cancelled(&h) {
-                Ok(())
-            } else {
-                Self::run_handle(slf, &h)
-            };
-            FreeList::recycle(&this.free, h);
+            if let Some(began) = start {
+                start = Some(Self::timed(slf, &next, began, due));
+            }
+            if let Ready::Callback(h) = next {
+                FreeList::recycle(&this.free, h.into_bound(py));
+            }
             ran?;
         }
         Ok(())
+    }
+
+    /// Records the run of `entry` that began at `began` (due since `due`)
+    /// and stamps what it queued. Returns when the next run begins.
+    #[inline]
+    fn timed(slf: &Bound<'_, Self>, entry: &Ready, began: u64, due: u64) -> u64 {
+        let end = clock::now();
+        let mut st = slf.get().state.lock();
+        st.ready.stamp_pending(end);
+        if !st.health.ran(began, end, began.saturating_sub(due)) {
+            return end;
+        }
+        let duration = end - began;
+        let log = st.health.log_threshold().is_some_and(|t| duration >= t);
+        let slowest = st.health.is_slowest(duration);
+        drop(st);
+        Self::slow(slf, entry, began, duration, slowest, log);
+        // Naming it took time the next callback must not be charged with.
+        clock::now()
+    }
+
+    /// Names a slow run (Python code, rarely needed) to keep it among the
+    /// slowest, and logs it if asked to.
+    #[cold]
+    fn slow(
+        slf: &Bound<'_, Self>,
+        entry: &Ready,
+        began: u64,
+        duration: u64,
+        keep: bool,
+        log: bool,
+    ) {
+        let py = slf.py();
+        let obj = match entry {
+            Ready::Callback(h) => h.bind(py).clone(),
+            // SAFETY: the target holds a strong reference to its core for
+            // as long as it lives, and `entry` holds the target.
+            Ready::Io(target, _) => unsafe { Bound::from_borrowed_ptr(py, target.core()) },
+        };
+        let seconds = seconds(clock::to_nanos(duration));
+        let described = slf
+            .call_method1(intern!(py, "_slow_callback"), (obj, seconds, log))
+            .and_then(|d| d.extract::<(String, String)>());
+        match described {
+            Ok((name, location)) if keep => slf.get().state.lock().health.add_slow(SlowCallback {
+                duration,
+                started: began,
+                name,
+                location,
+            }),
+            Ok(_) => {}
+            Err(e) => e.write_unraisable(py, Some(slf.as_any())),
+        }
     }
 
     /// Reports what a native core let through from its `on_ready` (a
@@ -517,12 +644,31 @@ impl Engine {
         }
     }
 
+    /// Runs `iterate`, counted as time the loop ran.
+    fn running(slf: &Bound<'_, Self>, iterate: impl FnOnce() -> PyResult<()>) -> PyResult<()> {
+        let this = slf.get();
+        {
+            let mut st = this.state.lock();
+            st.run_depth += 1;
+            if st.run_depth == 1 && st.health.enabled {
+                st.health.run_started(clock::now());
+            }
+        }
+        let ran = iterate();
+        let mut st = this.state.lock();
+        st.run_depth -= 1;
+        if st.run_depth == 0 {
+            st.health.run_stopped(clock::now());
+        }
+        ran
+    }
+
     /// Empties every queue and the registry (those not borrowed right now).
     fn take_all(&self) -> Held {
         let (ready, handles) = match self.state.try_lock() {
             Some(mut st) => {
                 st.last = None;
-                (st.ready.drain(..).collect(), st.timers.take_all())
+                (st.ready.take_all(), st.timers.take_all())
             }
             None => Default::default(),
         };
@@ -543,8 +689,13 @@ impl Engine {
     #[new]
     #[pyo3(signature = (*_args, **_kwargs))]
     fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyAny>>) -> Self {
+        let state = State {
+            health: Health::new(clock::now(), false),
+            health_generation: fork::generation(),
+            ..State::default()
+        };
         Self {
-            state: GilCell::new(State::default()),
+            state: GilCell::new(state),
             free: GilCell::new(FreeList::default()),
             io: Io::new(),
             closed: AtomicBool::new(false),
@@ -582,6 +733,11 @@ impl Engine {
 
     /// Wakes the loop from another thread (asyncio's self-pipe write).
     pub fn _write_to_self(&self) {
+        if let Some(mut st) = self.state.try_lock() {
+            if st.health.enabled {
+                st.health.counters.threadsafe_wakeups += 1;
+            }
+        }
         self.io.wake();
     }
 
@@ -592,10 +748,9 @@ impl Engine {
             return Err(PyTypeError::new_err("an asyncio.Handle was expected"));
         }
         if !handle::is_cancelled(h) {
-            self.state
-                .lock()
-                .ready
-                .push_back(Ready::Callback(h.clone().unbind()));
+            let mut st = self.state.lock();
+            let due = if st.health.enabled { PENDING } else { 0 };
+            st.ready.push(Ready::Callback(h.clone().unbind()), due);
         }
         Ok(())
     }
@@ -652,7 +807,7 @@ impl Engine {
 
     /// One iteration: wait for I/O, collect due timers, run what is ready.
     fn _run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
-        Self::run_once(slf, false)
+        Self::running(slf, || Self::run_once(slf, false))
     }
 
     /// Iterates until `stop()` is called (the core of `run_forever`).
@@ -661,14 +816,16 @@ impl Engine {
     /// poll for I/O; those in between skip polls that could not block while
     /// the last one is recent ([`BUSY_POLL_INTERVAL`]).
     fn _run_until_stopped(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let mut busy = false;
-        loop {
-            Self::run_once(slf, busy && !slf.get().stopping.load(Relaxed))?;
-            if slf.get().stopping.load(Relaxed) {
-                return Ok(());
+        Self::running(slf, || {
+            let mut busy = false;
+            loop {
+                Self::run_once(slf, busy && !slf.get().stopping.load(Relaxed))?;
+                if slf.get().stopping.load(Relaxed) {
+                    return Ok(());
+                }
+                busy = true;
             }
-            busy = true;
-        }
+        })
     }
 
     /// Ends `run_forever` after the current iteration.
@@ -726,6 +883,79 @@ impl Engine {
         self.closed.store(true, Relaxed);
         self.take_all().release(py);
         self.io.close();
+    }
+
+    /// The loop's health figures now, for `oxloop.health()`.
+    fn _health_snapshot<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let (now, anchor) = (clock::now(), crate::sys::monotonic_ns());
+        let (snapshot, enabled, ready, timers_pending) = {
+            let mut st = self.state.lock();
+            if st.health_generation != fork::generation() {
+                st.health_generation = fork::generation();
+                st.health.reset(now);
+            }
+            let st = &*st;
+            (
+                st.health.snapshot(now, anchor),
+                st.health.enabled,
+                st.ready.len(),
+                st.timers.pending(),
+            )
+        };
+        let fds = self.io.watched_fds().len();
+        health::to_dict(py, &snapshot, enabled, [ready, timers_pending, fds])
+    }
+
+    /// Starts the health figures over.
+    fn _health_reset(&self) {
+        let mut st = self.state.lock();
+        st.health_generation = fork::generation();
+        st.health.reset(clock::now());
+    }
+
+    /// `(enabled, slow callbacks kept, log threshold in seconds or None)`.
+    fn _health_settings(&self) -> (bool, usize, Option<f64>) {
+        let st = self.state.lock();
+        let h = &st.health;
+        (
+            h.enabled,
+            h.slowest_capacity(),
+            h.log_threshold().map(|t| seconds(clock::to_nanos(t))),
+        )
+    }
+
+    /// Changes the health settings (see `_health_settings`).
+    fn _health_configure(
+        &self,
+        enabled: bool,
+        slowest: usize,
+        log_threshold: Option<f64>,
+    ) -> PyResult<()> {
+        let log_threshold = log_threshold
+            .map(|t| Duration::try_from_secs_f64(t).map(|d| clock::from_nanos(d.as_nanos() as u64)))
+            .transpose()
+            .map_err(|_| {
+                pyo3::exceptions::PyValueError::new_err(
+                    "the log threshold must be a non-negative number of seconds",
+                )
+            })?;
+        let mut st = self.state.lock();
+        let now = clock::now();
+        let running = st.run_depth > 0;
+        let h = &mut st.health;
+        if enabled && !h.enabled {
+            h.enabled = true;
+            h.reset(now);
+            if running {
+                h.run_started(now);
+            }
+        } else if !enabled && h.enabled {
+            h.run_stopped(now);
+            h.enabled = false;
+        }
+        h.keep_slowest(slowest);
+        h.set_log_threshold(log_threshold);
+        Ok(())
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {

@@ -11,6 +11,7 @@ mod free_list;
 mod gc;
 mod gil_cell;
 mod handle;
+mod health;
 mod io;
 mod loop_;
 mod ready;

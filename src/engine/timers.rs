@@ -4,6 +4,7 @@
 
 use super::gc::Traverse;
 use super::handle;
+use crate::sys;
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::PyTraverseError;
@@ -14,41 +15,23 @@ use std::collections::BinaryHeap;
 /// head (asyncio's `_MIN_SCHEDULED_TIMER_HANDLES`).
 const MIN_SCHEDULED_TIMER_HANDLES: usize = 100;
 
-/// The clock `time.monotonic()` reads: `CLOCK_MONOTONIC`, except on macOS,
-/// where CPython reads `mach_absolute_time()`, which is `CLOCK_UPTIME_RAW`
-/// (it stops while the machine sleeps; macOS's `CLOCK_MONOTONIC` does not).
-#[cfg(not(target_vendor = "apple"))]
-const CLOCK: libc::clockid_t = libc::CLOCK_MONOTONIC;
-#[cfg(target_vendor = "apple")]
-const CLOCK: libc::clockid_t = libc::CLOCK_UPTIME_RAW;
-
 /// Seconds on the clock `time.monotonic()` reads.
 pub fn monotonic() -> f64 {
-    // SAFETY: `ts` is a live timespec; the clock exists on every platform
-    // that names it.
-    seconds(|ts| unsafe { libc::clock_gettime(CLOCK, ts) })
+    seconds(sys::monotonic_ns())
 }
 
 /// The resolution of [`monotonic`], in seconds (asyncio's `_clock_resolution`).
 pub fn resolution() -> f64 {
-    // SAFETY: as in `monotonic`.
-    seconds(|ts| unsafe { libc::clock_getres(CLOCK, ts) })
+    seconds(sys::monotonic_resolution_ns())
 }
 
-/// Reads a clock into seconds as CPython's `_PyTime_AsSecondsDouble` does
+/// Nanoseconds into seconds as CPython's `_PyTime_AsSecondsDouble` does
 /// (whole nanoseconds divided once), so that `loop.time()` and
 /// `time.monotonic()` agree to the bit on the same reading.
-fn seconds(read: impl FnOnce(&mut libc::timespec) -> libc::c_int) -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    read(&mut ts);
-    // time_t and c_long are i64 on 64-bit targets, narrower elsewhere.
-    #[allow(clippy::unnecessary_cast)]
-    let ns = ts.tv_sec as i64 * 1_000_000_000 + ts.tv_nsec as i64;
-    if ns % 1_000_000_000 == 0 {
-        (ns / 1_000_000_000) as f64
+pub fn seconds(ns: u64) -> f64 {
+    let whole = ns / 1_000_000_000;
+    if whole * 1_000_000_000 == ns {
+        whole as f64
     } else {
         ns as f64 / 1e9
     }
@@ -144,10 +127,10 @@ impl<T> TimerHeap<T> {
         self.heap.pop().map(|e| (e.when(), e.item))
     }
 
-    /// Removes the earliest timer if it is due before `end`.
-    pub fn pop_due(&mut self, end: f64) -> Option<T> {
+    /// Removes the earliest timer if it is due before `end`, with its deadline.
+    pub fn pop_due(&mut self, end: f64) -> Option<(f64, T)> {
         match self.heap.peek() {
-            Some(e) if e.when() < end => self.heap.pop().map(|e| e.item),
+            Some(e) if e.when() < end => self.pop(),
             _ => None,
         }
     }
@@ -227,11 +210,16 @@ impl Timers {
         self.heap.peek().map(|(when, _)| when)
     }
 
-    /// Removes the earliest timer if it is due before `end`.
-    pub fn pop_due(&mut self, py: Python<'_>, end: f64) -> Option<Py<PyAny>> {
-        let timer = self.heap.pop_due(end)?;
+    /// Removes the earliest timer if it is due before `end`, with its deadline.
+    pub fn pop_due(&mut self, py: Python<'_>, end: f64) -> Option<(f64, Py<PyAny>)> {
+        let (when, timer) = self.heap.pop_due(end)?;
         handle::set_scheduled(timer.bind(py), false);
-        Some(timer)
+        Some((when, timer))
+    }
+
+    /// Timers scheduled and not cancelled.
+    pub fn pending(&self) -> usize {
+        self.heap.len().saturating_sub(self.cancelled)
     }
 
     /// Drops cancelled timers as asyncio does: all of them once they are
@@ -299,7 +287,7 @@ mod tests {
         let mut h = TimerHeap::default();
         h.push(1.0, 1);
         h.push(f64::NAN, 2);
-        assert_eq!(h.pop_due(0.0), Some(2));
+        assert_eq!(h.pop_due(0.0).map(|(_, x)| x), Some(2));
         assert_eq!(h.pop_due(0.0), None);
     }
 
@@ -309,7 +297,7 @@ mod tests {
         h.push(1.0, 1);
         h.push(2.0, 2);
         assert_eq!(h.pop_due(1.0), None);
-        assert_eq!(h.pop_due(1.5), Some(1));
+        assert_eq!(h.pop_due(1.5), Some((1.0, 1)));
         assert_eq!(h.pop_due(1.5), None);
         assert_eq!(h.peek().map(|(w, _)| w), Some(2.0));
     }

@@ -1,0 +1,309 @@
+//! Loop health figures: how busy the loop is, how late its callbacks run,
+//! which ones ran longest, and what it did. Pure bookkeeping on readings of
+//! [`clock`] (in ticks), which the engine takes: one per callback, two per
+//! wait. Readings become nanoseconds only in a [`Snapshot`]. No Python
+//! objects.
+
+pub mod clock;
+mod histogram;
+mod slow;
+
+pub use histogram::Histogram;
+pub use slow::{SlowCallback, Slowest};
+
+/// How many slowest callbacks a loop keeps unless told otherwise.
+pub const DEFAULT_SLOWEST: usize = 10;
+
+/// What the loop did, counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Iterations of the loop (`_run_once`).
+    pub iterations: u64,
+    /// Callbacks run: handles and native I/O callbacks (set by snapshots:
+    /// while recording, the lag histogram counts them).
+    pub callbacks: u64,
+    /// Readiness events the backend reported.
+    pub io_events: u64,
+    /// Timers that came due and were queued.
+    pub timers_fired: u64,
+    /// Timers cancelled while scheduled.
+    pub timers_cancelled: u64,
+    /// Wake-ups asked for from other threads (`call_soon_threadsafe`).
+    pub threadsafe_wakeups: u64,
+    /// The most callbacks ready at the start of one iteration.
+    pub ready_max: u64,
+}
+
+/// One loop's figures since it was made or last reset.
+#[derive(Clone)]
+pub struct Health {
+    /// Whether the engine records anything.
+    pub enabled: bool,
+    /// What the loop did.
+    pub counters: Counters,
+    since: u64,
+    running: u64,
+    run_started: Option<u64>,
+    idle: u64,
+    wait_started: Option<u64>,
+    lag: Histogram,
+    slowest: Slowest,
+    log_threshold: Option<u64>,
+    /// Runs longer than this are named or logged: the lower of the slowest
+    /// list's floor and the log threshold (less one).
+    notable: u64,
+}
+
+/// A reading of [`Health`] at one instant, spans in progress included, in
+/// nanoseconds (instants on the clock the reading was anchored to).
+pub struct Snapshot {
+    /// How long ago the figures started.
+    pub elapsed: u64,
+    /// Time the loop ran (`run_forever` or an iteration).
+    pub running: u64,
+    /// Of that, time it waited for I/O.
+    pub idle: u64,
+    /// See [`Counters`].
+    pub counters: Counters,
+    /// The lag histogram's non-empty buckets: `(low, high, count)`.
+    pub lag_buckets: Vec<(u64, u64, u64)>,
+    /// The sum of the lags.
+    pub lag_sum: u64,
+    /// The largest lag.
+    pub lag_max: u64,
+    /// The slowest callbacks, slowest first, `started` on the anchor's clock.
+    pub slowest: Vec<SlowCallback>,
+}
+
+impl Default for Health {
+    /// Figures that record nothing.
+    fn default() -> Self {
+        Self::new(0, false)
+    }
+}
+
+impl Health {
+    /// Figures starting at `now`, recorded if `enabled`.
+    pub fn new(now: u64, enabled: bool) -> Self {
+        Self {
+            enabled,
+            counters: Counters::default(),
+            since: now,
+            running: 0,
+            run_started: None,
+            idle: 0,
+            wait_started: None,
+            lag: Histogram::default(),
+            slowest: Slowest::new(DEFAULT_SLOWEST),
+            log_threshold: None,
+            notable: 0,
+        }
+    }
+
+    fn update_notable(&mut self) {
+        let log = self.log_threshold.map_or(u64::MAX, |t| t.saturating_sub(1));
+        self.notable = self.slowest.floor().min(log);
+    }
+
+    /// Runs at least this long are reported to the loop's logger
+    /// (nanoseconds; `None`: never).
+    pub fn log_threshold(&self) -> Option<u64> {
+        self.log_threshold
+    }
+
+    /// Sets [`Health::log_threshold`].
+    pub fn set_log_threshold(&mut self, threshold: Option<u64>) {
+        self.log_threshold = threshold;
+        self.update_notable();
+    }
+
+    /// Starts over at `now`, keeping the settings and the spans in progress.
+    pub fn reset(&mut self, now: u64) {
+        let fresh = Self {
+            run_started: self.run_started.map(|_| now),
+            wait_started: self.wait_started.map(|_| now),
+            slowest: Slowest::new(self.slowest.capacity()),
+            log_threshold: self.log_threshold,
+            ..Self::new(now, self.enabled)
+        };
+        *self = fresh;
+        self.update_notable();
+    }
+
+    /// Keeps the `n` slowest callbacks from now on (those kept so far, up to `n`).
+    pub fn keep_slowest(&mut self, n: usize) {
+        let mut slowest = Slowest::new(n);
+        for e in self.slowest.entries() {
+            slowest.insert(e.clone());
+        }
+        self.slowest = slowest;
+        self.update_notable();
+    }
+
+    /// The loop starts running (`run_forever`); false when it already was.
+    pub fn run_started(&mut self, now: u64) -> bool {
+        if self.run_started.is_some() {
+            return false;
+        }
+        self.run_started = Some(now);
+        true
+    }
+
+    /// The loop stops running.
+    pub fn run_stopped(&mut self, now: u64) {
+        if let Some(start) = self.run_started.take() {
+            self.running += now.saturating_sub(start);
+        }
+    }
+
+    /// The loop starts waiting for I/O.
+    #[inline]
+    pub fn wait_started(&mut self, now: u64) {
+        self.wait_started = Some(now);
+    }
+
+    /// The wait ends with `events` reports.
+    #[inline]
+    pub fn wait_ended(&mut self, now: u64, events: usize) {
+        if let Some(start) = self.wait_started.take() {
+            self.idle += now.saturating_sub(start);
+        }
+        self.counters.io_events += events as u64;
+    }
+
+    /// An iteration with `ready` callbacks to run begins.
+    #[inline]
+    pub fn iteration(&mut self, ready: usize) {
+        self.counters.iterations += 1;
+        self.counters.ready_max = self.counters.ready_max.max(ready as u64);
+    }
+
+    /// A callback ran from `start` to `end`, `lag` ticks after it was due;
+    /// true when it is slow enough to be named ([`Health::add_slow`]) or
+    /// logged.
+    #[inline]
+    pub fn ran(&mut self, start: u64, end: u64, lag: u64) -> bool {
+        self.lag.record(lag);
+        end.saturating_sub(start) > self.notable
+    }
+
+    /// How many slow callbacks are kept.
+    pub fn slowest_capacity(&self) -> usize {
+        self.slowest.capacity()
+    }
+
+    /// Whether a run of `duration` belongs in the slowest list.
+    pub fn is_slowest(&self, duration: u64) -> bool {
+        duration > self.slowest.floor()
+    }
+
+    /// Enters a slow callback's run.
+    pub fn add_slow(&mut self, entry: SlowCallback) {
+        self.slowest.insert(entry);
+        self.update_notable();
+    }
+
+    /// The figures at `now` (ticks), counting the run and the wait in
+    /// progress; instants relative to `anchor`, the same moment on another
+    /// clock, in nanoseconds.
+    pub fn snapshot(&self, now: u64, anchor: u64) -> Snapshot {
+        let ns = clock::to_nanos;
+        let open = |start: Option<u64>| start.map_or(0, |s| now.saturating_sub(s));
+        let counters = Counters {
+            callbacks: self.lag.count(),
+            ..self.counters
+        };
+        Snapshot {
+            elapsed: ns(now.saturating_sub(self.since)),
+            running: ns(self.running + open(self.run_started)),
+            idle: ns(self.idle + open(self.wait_started)),
+            counters,
+            lag_buckets: self
+                .lag
+                .buckets()
+                .into_iter()
+                .map(|(low, high, n)| (ns(low), ns(high), n))
+                .collect(),
+            lag_sum: ns(self.lag.sum()),
+            lag_max: ns(self.lag.max()),
+            slowest: self
+                .slowest
+                .entries()
+                .iter()
+                .map(|e| SlowCallback {
+                    duration: ns(e.duration),
+                    started: anchor.saturating_sub(ns(now.saturating_sub(e.started))),
+                    ..e.clone()
+                })
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn running_and_idle_include_spans_in_progress() {
+        let mut h = Health::new(100, true);
+        assert!(h.run_started(100));
+        assert!(!h.run_started(150));
+        h.wait_started(200);
+        let s = h.snapshot(300, 0);
+        let ns = clock::to_nanos;
+        assert_eq!((s.running, s.idle), (ns(200), ns(100)));
+        h.wait_ended(400, 2);
+        h.run_stopped(500);
+        let s = h.snapshot(10_000, 0);
+        assert_eq!(
+            (s.running, s.idle, s.counters.io_events),
+            (ns(400), ns(200), 2)
+        );
+    }
+
+    #[test]
+    fn reset_starts_over_but_keeps_settings_and_spans() {
+        let mut h = Health::new(0, true);
+        h.set_log_threshold(Some(7));
+        h.keep_slowest(2);
+        h.run_started(0);
+        h.iteration(3);
+        assert!(h.ran(0, 5, 1));
+        h.add_slow(SlowCallback {
+            duration: 5,
+            started: 0,
+            name: "a".into(),
+            location: "f:1".into(),
+        });
+        h.reset(50);
+        let s = h.snapshot(60, 0);
+        assert_eq!(s.counters, Counters::default());
+        let ns = clock::to_nanos;
+        assert_eq!(
+            (s.elapsed, s.running, s.lag_buckets.len()),
+            (ns(10), ns(10), 0)
+        );
+        assert!(s.slowest.is_empty());
+        assert_eq!(h.log_threshold(), Some(7));
+        assert_eq!(h.slowest.capacity(), 2);
+    }
+
+    #[test]
+    fn a_run_is_named_while_the_list_has_room_or_it_beats_the_slowest() {
+        let mut h = Health::new(0, true);
+        h.keep_slowest(1);
+        assert!(h.ran(0, 10, 0));
+        h.add_slow(SlowCallback {
+            duration: 10,
+            started: 0,
+            name: "a".into(),
+            location: String::new(),
+        });
+        assert!(!h.ran(0, 10, 0));
+        assert!(h.ran(0, 11, 0));
+        h.set_log_threshold(Some(3));
+        assert!(h.ran(0, 3, 0));
+        assert_eq!(h.snapshot(0, 0).counters.callbacks, 4);
+    }
+}
