@@ -75,6 +75,16 @@ impl State {
     }
 }
 
+impl State {
+    /// A forked child's figures start from zero, at `now`.
+    fn restart_health_if_forked(&mut self, now: u64) {
+        if self.health_generation != fork::generation() {
+            self.health_generation = fork::generation();
+            self.health.reset(now);
+        }
+    }
+}
+
 impl Traverse for State {
     fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
         (&self.ready, &self.timers, &self.last).traverse(visit)
@@ -432,7 +442,7 @@ impl Engine {
                 }))
             }
         };
-        let (poll, mut events) = {
+        let (poll, timed, mut events) = {
             let mut st = this.state.lock();
             let mut events = std::mem::take(&mut st.events);
             events.clear();
@@ -440,17 +450,17 @@ impl Engine {
             let poll = !busy
                 || timeout != Some(Duration::ZERO)
                 || st.polled.is_none_or(|p| now - p >= BUSY_POLL_INTERVAL);
+            let timed = poll && st.health.enabled;
             if poll {
                 st.polled = Some(now);
             }
-            (poll, events)
+            if timed {
+                st.health.wait_started(clock::now());
+            }
+            (poll, timed, events)
         };
         if !poll {
             return Ok((events, 0));
-        }
-        let timed = this.state.lock().health.enabled;
-        if timed {
-            this.state.lock().health.wait_started(clock::now());
         }
         let waited = this.io.wait(py, timeout, &mut events);
         let woke = if timed {
@@ -517,10 +527,7 @@ impl Engine {
             let ntodo = st.ready.len();
             let start = st.health.enabled.then(clock::now);
             if let Some(now) = start {
-                if st.health_generation != fork::generation() {
-                    st.health_generation = fork::generation();
-                    st.health.reset(now);
-                }
+                st.restart_health_if_forked(now);
                 st.health.iteration(ntodo);
                 st.ready.stamp_pending(now);
             }
@@ -890,10 +897,7 @@ impl Engine {
         let (now, anchor) = (clock::now(), crate::sys::monotonic_ns());
         let (snapshot, enabled, ready, timers_pending) = {
             let mut st = self.state.lock();
-            if st.health_generation != fork::generation() {
-                st.health_generation = fork::generation();
-                st.health.reset(now);
-            }
+            st.restart_health_if_forked(now);
             let st = &*st;
             (
                 st.health.snapshot(now, anchor),
