@@ -116,9 +116,12 @@ mod tests {
 
     #[test]
     fn conversions_round_trip() {
+        // Until the rate is fixed, each conversion measures it anew over
+        // at least a millisecond, so two conversions may differ by the
+        // clocks' read jitter over that span: well under 1e-4.
         for ns in [0, 1_000, 1_000_000, 50_000_000_000] {
             let back = to_nanos(from_nanos(ns));
-            assert!(back.abs_diff(ns) <= ns / 1_000_000 + 2, "{ns} -> {back}");
+            assert!(back.abs_diff(ns) <= ns / 10_000 + 2, "{ns} -> {back}");
         }
     }
 
