@@ -53,7 +53,10 @@ rust-test: venv-$(RUN_VERSION)
 	$(cargo_env) cargo test --release -q
 	$(cargo_env) cargo test --release -q --features portable
 
-$(addprefix test-,$(PY_VERSIONS)): test-%: venv-%
+# The health report's browser test must not skip: `services` installs Chromium.
+export OXLOOP_REQUIRE_BROWSER = 1
+
+$(addprefix test-,$(PY_VERSIONS)): test-%: venv-% services
 	$(call vpy,$*) -m tests.cpython.runner
 	$(call vpy,$*) -m pytest tests -q -p no:cacheprovider
 

@@ -255,3 +255,68 @@ def test_prometheus_collector(hloop):
     hloop.call_soon(hloop.stop)
     hloop.run_forever()
     assert registry.get_sample_value("oxloop_callbacks_total", {"loop": "main"}) == 1
+
+
+def test_opentelemetry_metrics(hloop):
+    sdk = pytest.importorskip("opentelemetry.sdk.metrics")
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    reader = InMemoryMetricReader()
+    provider = sdk.MeterProvider(metric_readers=[reader])
+    oxloop.observe_health(hloop, meter_provider=provider, attributes={"loop": "main"})
+
+    def collect():
+        (resource,) = reader.get_metrics_data().resource_metrics
+        (scope,) = resource.scope_metrics
+        assert scope.scope.name == "oxloop"
+        points = {}
+        for metric in scope.metrics:
+            (point,) = metric.data.data_points
+            assert point.attributes == {"loop": "main"}
+            points[metric.name] = point.value
+        return points
+
+    hloop.call_soon(blocker)
+    hloop.call_soon(hloop.stop)
+    hloop.run_forever()
+    first = collect()
+    assert first["oxloop.loop.callbacks"] == 2
+    assert first["oxloop.loop.iterations"] == 1
+    assert 0 < first["oxloop.loop.utilization"] <= 1
+    assert first["oxloop.loop.busy_time"] >= 0.05
+    assert first["oxloop.loop.slowest_callback"] >= 0.05
+    assert first["oxloop.loop.lag.p99"] >= 0.05  # stop waited behind the blocker
+    assert first["oxloop.loop.lag.min"] <= first["oxloop.loop.lag.p50"]
+
+    for _ in range(10):
+        hloop.call_soon(int)
+    hloop.call_soon(hloop.stop)
+    hloop.run_forever()
+    second = collect()
+    assert second["oxloop.loop.callbacks"] == 13
+    # The lag gauges cover the callbacks since the first collection only.
+    assert second["oxloop.loop.lag.max"] < 0.05
+    assert second["oxloop.loop.lag.sum"] >= first["oxloop.loop.lag.sum"]
+
+
+def test_opentelemetry_publishes_nothing_for_a_collected_loop(loop, is_oxloop):
+    if not is_oxloop:
+        pytest.skip("oxloop only")
+    sdk = pytest.importorskip("opentelemetry.sdk.metrics")
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    reader = InMemoryMetricReader()
+    other = oxloop.new_event_loop()
+    oxloop.observe_health(other, meter_provider=sdk.MeterProvider(metric_readers=[reader]))
+    other.close()
+    del other
+    import gc
+
+    gc.collect()
+    data = reader.get_metrics_data()
+    assert data is None or not any(
+        m.data.data_points
+        for r in data.resource_metrics
+        for s in r.scope_metrics
+        for m in s.metrics
+    )

@@ -5,13 +5,16 @@ oxloop.run(main())
 asyncio.set_event_loop_policy(oxloop.EventLoopPolicy())
 """
 
+from ._export import HealthCollector
 from ._health import Health, Lag, SlowCallback, configure_health, health, reset_health
 from ._loop import Loop, SelectorEventLoop, new_event_loop
+from ._otel import observe_health
 from ._policy import EventLoopPolicy, install, run
 
 __all__ = (
     "EventLoopPolicy",
     "Health",
+    "HealthCollector",
     "Lag",
     "Loop",
     "SelectorEventLoop",
@@ -20,6 +23,7 @@ __all__ = (
     "health",
     "install",
     "new_event_loop",
+    "observe_health",
     "reset_health",
     "run",
 )

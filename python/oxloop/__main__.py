@@ -11,24 +11,32 @@ import sys
 from ._policy import install
 
 USAGE = (
-    "usage: python -m oxloop [--health] SCRIPT [ARGS...]"
-    " | python -m oxloop [--health] -m MODULE [ARGS...] | python -m oxloop bench [--help]\n"
-    "  --health  record loop health figures; print them at exit (and on SIGUSR1)"
+    "usage: python -m oxloop [OPTIONS] SCRIPT [ARGS...]"
+    " | python -m oxloop [OPTIONS] -m MODULE [ARGS...] | python -m oxloop bench [--help]\n"
+    "  --health               record loop health figures; print them at exit (and on SIGUSR1)\n"
+    "  --health-report FILE   record them, sampled each second, into an HTML report at exit"
 )
 
 
-def watch_health() -> None:
-    """Turns health figures on for every loop made from now on; prints them
-    to stderr when the program ends and when SIGUSR1 arrives."""
+def watch_health(summary: bool, report: str | None) -> None:
+    """Turns health figures on for every loop made from now on. With
+    `summary`, prints them to stderr when the program ends and when SIGUSR1
+    arrives; with `report`, samples them each second and writes the HTML
+    report to that path when the program ends."""
     import atexit
     import signal
 
     from . import _health
 
     os.environ["OXLOOP_HEALTH"] = "1"
-    atexit.register(_health.report, sys.stderr)
-    if hasattr(signal, "SIGUSR1"):
-        signal.signal(signal.SIGUSR1, lambda *_: _health.report(sys.stderr))
+    if summary:
+        atexit.register(_health.report, sys.stderr)
+        if hasattr(signal, "SIGUSR1"):
+            signal.signal(signal.SIGUSR1, lambda *_: _health.report(sys.stderr))
+    if report is not None:
+        from ._report import Recorder
+
+        atexit.register(Recorder().write, os.path.abspath(report))
 
 
 def main(argv: list[str]) -> int:
@@ -39,12 +47,20 @@ def main(argv: list[str]) -> int:
         from ._bench import main as bench
 
         return bench(argv[1:])
-    if argv[0] == "--health":
-        watch_health()
-        argv = argv[1:]
-        if not argv:
-            print(USAGE, file=sys.stderr)
-            return 2
+    summary, report = False, None
+    while argv and argv[0].startswith("--health"):
+        option, _, value = argv[0].partition("=")
+        if option == "--health" and not value:
+            summary, argv = True, argv[1:]
+        elif option == "--health-report" and (value or len(argv) > 1):
+            report, argv = (value, argv[1:]) if value else (argv[1], argv[2:])
+        else:
+            break
+    if not argv or argv[0].startswith("--health"):
+        print(USAGE, file=sys.stderr)
+        return 2
+    if summary or report is not None:
+        watch_health(summary, report)
     install()
     if argv[0] == "-m":
         sys.argv = argv[1:]

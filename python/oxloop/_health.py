@@ -63,13 +63,15 @@ class Lag:
     are exact to within 1/32 of their value (the histogram's buckets)."""
 
     def __init__(self, buckets, total: int, high: int):
-        #: `(low, high, count)` of the histogram's non-empty buckets, in
-        #: nanoseconds, lowest first.
-        self._buckets = [(lo, hi, n) for lo, hi, n in buckets]
+        #: `(index, low, high, count)` of the histogram's non-empty buckets,
+        #: bounds in nanoseconds, lowest first. The index names a bucket
+        #: across readings (its bounds in nanoseconds may move by the clock
+        #: rate's calibration).
+        self._buckets = [(i, lo, hi, n) for i, lo, hi, n in buckets]
         #: How many callbacks were measured.
-        self.count: int = sum(n for _, _, n in self._buckets)
+        self.count: int = sum(b[3] for b in self._buckets)
         self._sum = total
-        self._min = self._buckets[0][0] if self._buckets else 0
+        self._min = self._buckets[0][1] if self._buckets else 0
         self._max = high
 
     @property
@@ -103,7 +105,7 @@ class Lag:
             return self.min
         rank = max(1, math.ceil(q / 100 * self.count))
         seen = 0
-        for _, hi, n in self._buckets:
+        for _, _, hi, n in self._buckets:
             seen += n
             if seen >= rank:
                 return min(max(hi, self._min), self._max) / _NS
@@ -135,9 +137,9 @@ class Lag:
         for bound in bounds:
             limit = bound * _NS
             while (
-                i < len(self._buckets) and (self._buckets[i][0] + self._buckets[i][1]) / 2 <= limit
+                i < len(self._buckets) and (self._buckets[i][1] + self._buckets[i][2]) / 2 <= limit
             ):
-                seen += self._buckets[i][2]
+                seen += self._buckets[i][3]
                 i += 1
             out.append((bound, seen))
         out.append((math.inf, self.count))
@@ -146,10 +148,10 @@ class Lag:
     def __sub__(self, earlier: Lag) -> Lag:
         """The lags measured since `earlier` (a reading of the same figures);
         min and max are those of the later reading's buckets."""
-        before = {(lo, hi): n for lo, hi, n in earlier._buckets}
-        buckets = [(lo, hi, n - before.get((lo, hi), 0)) for lo, hi, n in self._buckets]
-        buckets = [b for b in buckets if b[2] > 0]
-        high = min(max((b[1] for b in buckets), default=0), self._max)
+        before = {i: n for i, _, _, n in earlier._buckets}
+        buckets = [(i, lo, hi, n - before.get(i, 0)) for i, lo, hi, n in self._buckets]
+        buckets = [b for b in buckets if b[3] > 0]
+        high = min(max((b[2] for b in buckets), default=0), self._max)
         return Lag(buckets, max(self._sum - earlier._sum, 0), high)
 
     def __repr__(self) -> str:

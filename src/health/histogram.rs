@@ -78,16 +78,16 @@ impl Histogram {
         self.max
     }
 
-    /// The non-empty buckets, lowest first: `(low, high, count)`, bounds
-    /// inclusive.
-    pub fn buckets(&self) -> Vec<(u64, u64, u64)> {
+    /// The non-empty buckets, lowest first: `(index, low, high, count)`,
+    /// bounds inclusive. The index names a bucket across readings.
+    pub fn buckets(&self) -> Vec<(usize, u64, u64, u64)> {
         self.counts
             .iter()
             .enumerate()
             .filter(|(_, c)| **c > 0)
             .map(|(i, c)| {
                 let (low, high) = bounds(i);
-                (low, high, *c)
+                (i, low, high, *c)
             })
             .collect()
     }
@@ -129,9 +129,9 @@ mod tests {
         }
         assert_eq!((h.count(), h.sum(), h.max()), (4, 1_000_050, 1_000_000));
         let buckets = h.buckets();
-        assert_eq!(buckets[0], (5, 5, 2));
-        assert_eq!(buckets.iter().map(|b| b.2).sum::<u64>(), 4);
-        let (low, high, _) = buckets[2];
+        assert_eq!(buckets[0], (5, 5, 5, 2));
+        assert_eq!(buckets.iter().map(|b| b.3).sum::<u64>(), 4);
+        let (_, low, high, _) = buckets[2];
         assert!(low <= 1_000_000 && 1_000_000 <= high);
     }
 }

@@ -65,8 +65,8 @@ pub struct Snapshot {
     pub idle: u64,
     /// See [`Counters`].
     pub counters: Counters,
-    /// The lag histogram's non-empty buckets: `(low, high, count)`.
-    pub lag_buckets: Vec<(u64, u64, u64)>,
+    /// The lag histogram's non-empty buckets: `(index, low, high, count)`.
+    pub lag_buckets: Vec<(usize, u64, u64, u64)>,
     /// The sum of the lags.
     pub lag_sum: u64,
     /// The largest lag.
@@ -222,7 +222,7 @@ impl Health {
                 .lag
                 .buckets()
                 .into_iter()
-                .map(|(low, high, n)| (ns(low), ns(high), n))
+                .map(|(i, low, high, n)| (i, ns(low), ns(high), n))
                 .collect(),
             lag_sum: ns(self.lag.sum()),
             lag_max: ns(self.lag.max()),
