@@ -320,3 +320,16 @@ def test_opentelemetry_publishes_nothing_for_a_collected_loop(loop, is_oxloop):
         for s in r.scope_metrics
         for m in s.metrics
     )
+
+
+def test_figures_turned_on_with_callbacks_queued_give_sensible_lags(loop, is_oxloop):
+    if not is_oxloop:
+        pytest.skip("oxloop only")
+    for _ in range(3):
+        loop.call_soon(int)
+    oxloop.configure_health(loop, enabled=True)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    h = oxloop.health(loop)
+    assert h.callbacks == 4
+    assert h.lag.max < 60  # queued while off: due when the figures began

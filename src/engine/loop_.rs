@@ -144,13 +144,11 @@ impl Drop for Engine {
 }
 
 /// When a timer that is `late` seconds past its deadline at `now` (a
-/// health clock reading) became due; 0 while health figures are off
-/// (`now` 0).
-fn due_since(now: u64, late: f64) -> u64 {
-    if now == 0 || !(late > 0.0 && late.is_finite()) {
-        return now;
-    }
-    now.saturating_sub(clock::from_nanos((late * 1e9) as u64))
+/// health clock reading, converted at `rate`) became due.
+fn due_since(now: u64, rate: clock::Rate, late: f64) -> u64 {
+    // `as` saturates: a NaN or negative span is 0 ticks, an infinite one
+    // the whole clock.
+    now.saturating_sub(rate.from_seconds(late))
 }
 
 fn current_thread() -> u64 {
@@ -498,7 +496,6 @@ impl Engine {
             return;
         };
         let end = now + self.resolution;
-        let ticks = if st.health.enabled { clock::now() } else { 0 };
         let State {
             ready,
             timers,
@@ -506,13 +503,22 @@ impl Engine {
             ..
         } = &mut *st;
         let mut fired = 0;
+        if !health.enabled {
+            while let Some((_, t)) = timers.pop_due(py, end) {
+                ready.push(Ready::Callback(t), 0);
+            }
+            return;
+        }
+        let mut reading = None;
         while let Some((when, t)) = timers.pop_due(py, end) {
+            let (ticks, rate) = *reading.get_or_insert_with(|| {
+                let ticks = clock::now();
+                (ticks, clock::rate(ticks))
+            });
             fired += 1;
-            ready.push(Ready::Callback(t), due_since(ticks, now - when));
+            ready.push(Ready::Callback(t), due_since(ticks, rate, now - when));
         }
-        if health.enabled {
-            health.counters.timers_fired += fired;
-        }
+        health.counters.timers_fired += fired;
     }
 
     /// Step 4: runs what is ready now (not what these callbacks schedule);
@@ -529,10 +535,11 @@ impl Engine {
             if let Some(now) = start {
                 st.restart_health_if_forked(now);
                 st.health.iteration(ntodo);
-                st.ready.stamp_pending(now);
+                st.ready.begin_iteration();
             }
             (ntodo, start)
         };
+        let iteration_start = start.unwrap_or(0);
         for _ in 0..ntodo {
             let (next, due) = {
                 let mut st = this.state.lock();
@@ -559,6 +566,7 @@ impl Engine {
                 Ready::Callback(h) => Self::run_handle(slf, h.bind(py)),
             };
             if let Some(began) = start {
+                let due = if due == PENDING { iteration_start } else { due };
                 start = Some(Self::timed(slf, &next, began, due));
             }
             if let Ready::Callback(h) = next {
@@ -946,10 +954,13 @@ impl Engine {
         let mut st = self.state.lock();
         let now = clock::now();
         let running = st.run_depth > 0;
-        let h = &mut st.health;
+        let State {
+            health: h, ready, ..
+        } = &mut *st;
         if enabled && !h.enabled {
             h.enabled = true;
             h.reset(now);
+            ready.restamp(now);
             if running {
                 h.run_started(now);
             }

@@ -41,7 +41,9 @@ impl Traverse for Ready {
 
 /// The due time of an entry queued by the callback running now: the loop
 /// can run it once that callback returns, and stamps it then
-/// ([`ReadyQueue::stamp_pending`]).
+/// ([`ReadyQueue::stamp_pending`]). One queued outside any callback keeps
+/// it: it is due when the iteration that runs it starts
+/// ([`ReadyQueue::begin_iteration`]).
 pub const PENDING: u64 = u64::MAX;
 
 /// Ready entries in order, with when each became due (nanoseconds on the
@@ -84,8 +86,17 @@ impl ReadyQueue {
     /// callback) pushes them, and nothing is popped until it returns.
     #[inline]
     pub fn stamp_pending(&mut self, now: u64) {
-        if self.pending == 0 {
-            return;
+        match self.pending {
+            0 => return,
+            // The common case (a task's next step): the last entry.
+            1 => {
+                if let Some((_, due @ PENDING)) = self.entries.back_mut() {
+                    *due = now;
+                    self.pending = 0;
+                    return;
+                }
+            }
+            _ => {}
         }
         let mut left = std::mem::take(&mut self.pending);
         for (_, due) in self.entries.iter_mut().rev() {
@@ -96,6 +107,23 @@ impl ReadyQueue {
                     break;
                 }
             }
+        }
+    }
+
+    /// An iteration starts: the [`PENDING`] entries queued so far are due
+    /// at its start, which the loop substitutes as it pops them; only those
+    /// queued from now on are stamped.
+    #[inline]
+    pub fn begin_iteration(&mut self) {
+        self.pending = 0;
+    }
+
+    /// Makes every entry due at `now` (health figures were just turned on:
+    /// what was queued before carries no due time).
+    pub fn restamp(&mut self, now: u64) {
+        self.pending = 0;
+        for (_, due) in &mut self.entries {
+            *due = now;
         }
     }
 
@@ -130,6 +158,29 @@ mod tests {
             q.stamp_pending(11);
             let dues: Vec<u64> = std::iter::from_fn(|| q.pop().map(|(_, d)| d)).collect();
             assert_eq!(dues, [7, 5, 7, 7, 9]);
+        });
+    }
+
+    #[test]
+    fn entries_queued_before_an_iteration_stay_pending_through_it() {
+        Python::initialize();
+        Python::attach(|py| {
+            let mut q = ReadyQueue::default();
+            q.push(Ready::Callback(py.None()), PENDING);
+            q.begin_iteration();
+            q.push(Ready::Callback(py.None()), PENDING);
+            q.stamp_pending(3);
+            q.restamp(4);
+            q.push(Ready::Callback(py.None()), PENDING);
+            let dues: Vec<u64> = std::iter::from_fn(|| q.pop().map(|(_, d)| d)).collect();
+            assert_eq!(dues, [4, 4, PENDING]);
+            let mut q = ReadyQueue::default();
+            q.push(Ready::Callback(py.None()), PENDING);
+            q.begin_iteration();
+            q.push(Ready::Callback(py.None()), PENDING);
+            q.stamp_pending(3);
+            let dues: Vec<u64> = std::iter::from_fn(|| q.pop().map(|(_, d)| d)).collect();
+            assert_eq!(dues, [PENDING, 3]);
         });
     }
 }

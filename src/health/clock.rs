@@ -3,8 +3,9 @@
 //! where the vDSO's `clock_gettime` takes about 25, and a reading per
 //! callback is the figures' main cost), else the monotonic clock in
 //! nanoseconds. Ticks become nanoseconds at the rate measured between the
-//! process's first reading and the latest conversion, fixed once a second
-//! has passed: no calibration loop at start-up.
+//! process's first reading and a later one, measured again each time that
+//! span has doubled and fixed once it reaches a second: no calibration loop
+//! at start-up, no clock reading per conversion.
 
 use crate::sys::monotonic_ns;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -20,10 +21,16 @@ struct Origin {
 
 /// Nanoseconds per tick (f64 bits) once fixed; 0 until then.
 static RATE: AtomicU64 = AtomicU64::new(0);
+/// Until then, the rate last measured (f64 bits), and the tick count at
+/// which it is measured again: when the span it was measured over has
+/// doubled. About ten measurements fix the rate, each a cold call.
+static PROVISIONAL: AtomicU64 = AtomicU64::new(0);
+static REFRESH_AT: AtomicU64 = AtomicU64::new(0);
 /// How long the rate is measured over before it is fixed.
 const CALIBRATION_NS: u64 = 1_000_000_000;
-/// The shortest span a rate is measured over.
-const MIN_SPAN_NS: u64 = 1_000_000;
+/// The shortest span a rate is measured over (read jitter of tens of
+/// nanoseconds: a provisional rate good to about 1e-3).
+const MIN_SPAN_NS: u64 = 100_000;
 
 #[cfg(target_arch = "x86_64")]
 // `__cpuid` is safe from Rust 1.87 on, unsafe before.
@@ -76,16 +83,54 @@ pub fn now() -> u64 {
     read(origin().tsc)
 }
 
-/// Nanoseconds per tick.
-fn rate() -> f64 {
-    let fixed = f64::from_bits(RATE.load(Relaxed));
-    if fixed > 0.0 {
-        return fixed;
+/// Nanoseconds per tick at tick count `now`: a conversion factor a caller
+/// holding a reading uses without reading the clock again.
+#[derive(Clone, Copy)]
+pub struct Rate(f64);
+
+impl Rate {
+    /// A span of `ticks`, in nanoseconds.
+    #[inline]
+    pub fn to_nanos(self, ticks: u64) -> u64 {
+        (ticks as f64 * self.0) as u64
     }
+
+    /// A span of `seconds`, in ticks (0 for a negative or NaN span).
+    #[inline]
+    pub fn from_seconds(self, seconds: f64) -> u64 {
+        (seconds * 1e9 / self.0) as u64
+    }
+
+    /// A span of `ns` nanoseconds, in ticks.
+    #[inline]
+    pub fn from_nanos(self, ns: u64) -> u64 {
+        (ns as f64 / self.0) as u64
+    }
+}
+
+/// The rate at tick count `now` (a reading of [`now`]): an atomic load or
+/// two, but for the few measurements of the process's first second.
+#[inline]
+pub fn rate(now: u64) -> Rate {
+    let fixed = RATE.load(Relaxed);
+    if fixed != 0 {
+        return Rate(f64::from_bits(fixed));
+    }
+    if now < REFRESH_AT.load(Relaxed) {
+        return Rate(f64::from_bits(PROVISIONAL.load(Relaxed)));
+    }
+    measure()
+}
+
+/// Measures the rate over the span since the first reading (at least
+/// [`MIN_SPAN_NS`]: a measurement that soon waits that long, once), fixing
+/// it once the span reaches [`CALIBRATION_NS`].
+#[cold]
+fn measure() -> Rate {
     let o = origin();
     if !o.tsc {
         RATE.store(1f64.to_bits(), Relaxed);
-        return 1.0;
+        return Rate(1.0);
     }
     let mut ns = monotonic_ns();
     while ns - o.ns < MIN_SPAN_NS {
@@ -93,21 +138,25 @@ fn rate() -> f64 {
         ns = monotonic_ns();
     }
     let ticks = read(true);
-    let rate = (ns - o.ns) as f64 / ticks.saturating_sub(o.ticks).max(1) as f64;
+    let span = ticks.saturating_sub(o.ticks).max(1);
+    let rate = (ns - o.ns) as f64 / span as f64;
     if ns - o.ns >= CALIBRATION_NS {
         RATE.store(rate.to_bits(), Relaxed);
+    } else {
+        PROVISIONAL.store(rate.to_bits(), Relaxed);
+        REFRESH_AT.store(ticks.saturating_add(span), Relaxed);
     }
-    rate
+    Rate(rate)
 }
 
 /// A span of `ticks`, in nanoseconds.
 pub fn to_nanos(ticks: u64) -> u64 {
-    (ticks as f64 * rate()) as u64
+    rate(now()).to_nanos(ticks)
 }
 
 /// A span of `ns` nanoseconds, in ticks.
 pub fn from_nanos(ns: u64) -> u64 {
-    (ns as f64 / rate()) as u64
+    rate(now()).from_nanos(ns)
 }
 
 #[cfg(test)]
@@ -116,9 +165,9 @@ mod tests {
 
     #[test]
     fn conversions_round_trip() {
-        // Until the rate is fixed, each conversion measures it anew over
-        // at least a millisecond, so two conversions may differ by the
-        // clocks' read jitter over that span: well under 1e-4.
+        // Until the rate is fixed, two conversions may use two measurements
+        // of it, which differ by the clocks' read jitter over at least a
+        // millisecond: well under 1e-4.
         for ns in [0, 1_000, 1_000_000, 50_000_000_000] {
             let back = to_nanos(from_nanos(ns));
             assert!(back.abs_diff(ns) <= ns / 10_000 + 2, "{ns} -> {back}");

@@ -9,11 +9,10 @@ const SUB_BITS: u32 = SUB.trailing_zeros();
 /// Buckets for the whole `u64` range.
 const BUCKETS: usize = ((64 - SUB_BITS as usize) + 1) * SUB as usize;
 
-/// Counts of values, with their exact count, sum and maximum.
+/// Counts of values, with their exact sum and maximum.
 #[derive(Clone)]
 pub struct Histogram {
     counts: Box<[u64]>,
-    count: u64,
     sum: u64,
     max: u64,
 }
@@ -22,7 +21,6 @@ impl Default for Histogram {
     fn default() -> Self {
         Self {
             counts: vec![0; BUCKETS].into_boxed_slice(),
-            count: 0,
             sum: 0,
             max: 0,
         }
@@ -58,14 +56,14 @@ impl Histogram {
     #[inline]
     pub fn record(&mut self, value: u64) {
         self.counts[index(value)] += 1;
-        self.count += 1;
-        self.sum = self.sum.saturating_add(value);
+        // Wraps after 584 years of nanoseconds.
+        self.sum = self.sum.wrapping_add(value);
         self.max = self.max.max(value);
     }
 
     /// How many values were recorded.
     pub fn count(&self) -> u64 {
-        self.count
+        self.counts.iter().sum()
     }
 
     /// The sum of the values.
