@@ -421,6 +421,9 @@ impl Engine {
             let mut st = this.state.lock();
             st.settle_last(py);
             let pruned = st.timers.prune(py);
+            if !pruned.is_empty() {
+                st.health.worked();
+            }
             (this.wait_deadline(&st), pruned)
         };
         // Cancelled timers (a finished `asyncio.timeout`'s) are reused too.
@@ -478,6 +481,9 @@ impl Engine {
         let this = slf.get();
         let stale = {
             let mut st = this.state.lock();
+            if !events.is_empty() {
+                st.health.worked();
+            }
             this.io.dispatch(slf.py(), events, &mut st.ready, woke)
         };
         for (fd, side) in stale {
@@ -518,20 +524,24 @@ impl Engine {
             fired += 1;
             ready.push(Ready::Callback(t), due_since(ticks, rate, now - when));
         }
+        if fired > 0 {
+            health.worked();
+        }
         health.counters.timers_fired += fired;
     }
 
     /// Step 4: runs what is ready now (not what these callbacks schedule);
     /// a handle that ran goes back to the free list. With health figures
     /// on, each run is timed (one clock reading per callback: its end is
-    /// the next one's start) and its lag recorded.
+    /// the next one's start; the first starts at
+    /// [`Health::iteration_start`]) and its lag recorded.
     fn run_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         let (ntodo, mut start) = {
             let mut st = this.state.lock();
             let ntodo = st.ready.len();
-            let start = st.health.enabled.then(clock::now);
+            let start = st.health.enabled.then(|| st.health.iteration_start());
             if let Some(now) = start {
                 st.restart_health_if_forked(now);
                 st.health.iteration(ntodo);
@@ -593,7 +603,9 @@ impl Engine {
         drop(st);
         Self::slow(slf, entry, began, duration, slowest, log);
         // Naming it took time the next callback must not be charged with.
-        clock::now()
+        let now = clock::now();
+        slf.get().state.lock().health.saw(now);
+        now
     }
 
     /// Names a slow run (Python code, rarely needed) to keep it among the

@@ -1,7 +1,8 @@
 //! Loop health figures: how busy the loop is, how late its callbacks run,
 //! which ones ran longest, and what it did. Pure bookkeeping on readings of
 //! [`clock`] (in ticks), which the engine takes: one per callback (its end
-//! is the next one's start) and iteration, two per wait. Readings become nanoseconds only in a [`Snapshot`]. No Python
+//! is the next one's start, and an iteration's first run starts at the
+//! latest reading unless the loop did bulk work since), two per wait. Readings become nanoseconds only in a [`Snapshot`]. No Python
 //! objects.
 
 pub mod clock;
@@ -51,6 +52,10 @@ pub struct Health {
     run_started: Option<u64>,
     idle: u64,
     wait_started: Option<u64>,
+    /// The latest reading, and whether the loop did bulk work since
+    /// ([`Health::worked`]).
+    last: u64,
+    stale: bool,
     lag: Histogram,
     slowest: Slowest,
     log_threshold: Option<u64>,
@@ -98,6 +103,8 @@ impl Health {
             run_started: None,
             idle: 0,
             wait_started: None,
+            last: now,
+            stale: true,
             lag: Histogram::default(),
             slowest: Slowest::new(DEFAULT_SLOWEST),
             log_threshold: None,
@@ -156,6 +163,7 @@ impl Health {
             return false;
         }
         self.run_started = Some(now);
+        self.last = now;
         true
     }
 
@@ -178,7 +186,34 @@ impl Health {
         if let Some(start) = self.wait_started.take() {
             self.idle += now.saturating_sub(start);
         }
+        self.last = now;
         self.counters.io_events += events as u64;
+    }
+
+    /// The loop did work between two runs that is no callback's (pruned
+    /// cancelled timers, queued due ones, dispatched I/O events): the next
+    /// iteration's first run starts at a reading of its own.
+    #[inline]
+    pub fn worked(&mut self) {
+        self.stale = true;
+    }
+
+    /// Where an iteration's first run starts: the latest reading (the
+    /// previous run's end, the wait's end, the run's start), unless the
+    /// loop worked since; then the clock now.
+    #[inline]
+    pub fn iteration_start(&mut self) -> u64 {
+        if self.stale {
+            self.stale = false;
+            self.last = clock::now();
+        }
+        self.last
+    }
+
+    /// Notes a reading taken between runs: the next run starts there.
+    #[inline]
+    pub fn saw(&mut self, now: u64) {
+        self.last = now;
     }
 
     /// An iteration with `ready` callbacks to run begins.
@@ -193,6 +228,7 @@ impl Health {
     /// logged.
     #[inline]
     pub fn ran(&mut self, start: u64, end: u64, lag: u64) -> bool {
+        self.last = end;
         self.lag.record(lag);
         end.saturating_sub(start) > self.notable
     }
