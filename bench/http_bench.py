@@ -29,7 +29,10 @@ HERE = Path(__file__).resolve().parent
 
 def parse_wrk(text: str) -> dict:
     def micros(value: str) -> float:
-        number, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", value).groups()
+        match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", value)
+        if match is None:
+            raise ValueError(f"wrk printed a latency of {value!r}:\n{text}")
+        number, unit = match.groups()
         return float(number) * {"us": 1, "ms": 1e3, "s": 1e6, "m": 6e7}[unit]
 
     return {
