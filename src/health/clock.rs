@@ -28,9 +28,11 @@ static PROVISIONAL: AtomicU64 = AtomicU64::new(0);
 static REFRESH_AT: AtomicU64 = AtomicU64::new(0);
 /// How long the rate is measured over before it is fixed.
 const CALIBRATION_NS: u64 = 1_000_000_000;
-/// The shortest span a rate is measured over (read jitter of tens of
-/// nanoseconds: a provisional rate good to about 1e-3).
-const MIN_SPAN_NS: u64 = 100_000;
+/// The shortest span a rate is measured over.
+const MIN_SPAN_NS: u64 = 1_000_000;
+/// The most the two monotonic readings around a counter reading may be
+/// apart: a measured rate is good to twice this over its span.
+const MAX_READ_GAP_NS: u64 = 1_000;
 
 #[cfg(target_arch = "x86_64")]
 // `__cpuid` is safe from Rust 1.87 on, unsafe before.
@@ -69,12 +71,22 @@ fn origin() -> &'static Origin {
     static ORIGIN: OnceLock<Origin> = OnceLock::new();
     ORIGIN.get_or_init(|| {
         let tsc = invariant_tsc();
-        Origin {
-            tsc,
-            ticks: read(tsc),
-            ns: monotonic_ns(),
-        }
+        let (ticks, ns) = paired(tsc);
+        Origin { tsc, ticks, ns }
     })
+}
+
+/// The counter and the monotonic clock read at one instant, to within
+/// [`MAX_READ_GAP_NS`]: a reading preempted between the two is taken again.
+fn paired(tsc: bool) -> (u64, u64) {
+    loop {
+        let before = monotonic_ns();
+        let ticks = read(tsc);
+        let after = monotonic_ns();
+        if after - before <= MAX_READ_GAP_NS {
+            return (ticks, before + (after - before) / 2);
+        }
+    }
 }
 
 /// The clock now, in ticks.
@@ -132,12 +144,13 @@ fn measure() -> Rate {
         RATE.store(1f64.to_bits(), Relaxed);
         return Rate(1.0);
     }
-    let mut ns = monotonic_ns();
-    while ns - o.ns < MIN_SPAN_NS {
+    let (ticks, ns) = loop {
+        let (ticks, ns) = paired(true);
+        if ns - o.ns >= MIN_SPAN_NS {
+            break (ticks, ns);
+        }
         std::hint::spin_loop();
-        ns = monotonic_ns();
-    }
-    let ticks = read(true);
+    };
     let span = ticks.saturating_sub(o.ticks).max(1);
     let rate = (ns - o.ns) as f64 / span as f64;
     if ns - o.ns >= CALIBRATION_NS {
@@ -165,13 +178,26 @@ mod tests {
 
     #[test]
     fn conversions_round_trip() {
-        // Until the rate is fixed, two conversions may use two measurements
-        // of it, which differ by the clocks' read jitter over at least a
-        // millisecond: well under 1e-4.
+        let rate = rate(now());
         for ns in [0, 1_000, 1_000_000, 50_000_000_000] {
-            let back = to_nanos(from_nanos(ns));
-            assert!(back.abs_diff(ns) <= ns / 10_000 + 2, "{ns} -> {back}");
+            let back = rate.to_nanos(rate.from_nanos(ns));
+            assert!(back.abs_diff(ns) <= ns / 1_000_000 + 2, "{ns} -> {back}");
         }
+        assert_eq!(rate.from_seconds(f64::NAN), 0);
+        assert_eq!(rate.from_seconds(-1.0), 0);
+    }
+
+    #[test]
+    fn measurements_agree() {
+        // Two measurements differ by at most a microsecond of reading gap
+        // over at least a millisecond of span each.
+        let first = rate(now()).0;
+        std::thread::sleep(std::time::Duration::from_millis(3));
+        let second = rate(now()).0;
+        assert!(
+            (first - second).abs() <= first * 3e-3,
+            "{first} vs {second}"
+        );
     }
 
     #[test]
