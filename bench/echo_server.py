@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import socket
 import sys
 
@@ -90,6 +91,9 @@ async def main(kind: str, listener: socket.socket):
 if __name__ == "__main__":
     loop_name, kind, cpu = sys.argv[1], sys.argv[2], int(sys.argv[3])
     os.sched_setaffinity(0, {cpu})
+    # A thousand connections and more need more fds than a soft limit of 1024.
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     listener = socket.create_server(("127.0.0.1", 0), backlog=1024)
     print(listener.getsockname()[1], flush=True)
     with asyncio.Runner(loop_factory=loop_factory(loop_name)) as runner:

@@ -68,9 +68,30 @@ impl Drop for Epoll {
     }
 }
 
+/// Raises the process's open-file limit to its hard limit (returned): a
+/// thousand connections and more need more fds than the usual soft limit
+/// of 1024.
+pub fn raise_fd_limit() -> io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a live rlimit for both calls; results are checked.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        limit.rlim_cur = limit.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(limit.rlim_cur)
+}
+
 /// What a reference server does first: takes the CPU from its one argument
-/// (exiting with the usage line otherwise), pins itself to it, listens on a
-/// free loopback port and prints the port.
+/// (exiting with the usage line otherwise), pins itself to it, raises its
+/// fd limit, listens on a free loopback port and prints the port.
 pub fn listen_pinned(name: &str) -> io::Result<TcpListener> {
     let args: Vec<String> = std::env::args().collect();
     let [_, cpu] = &args[..] else {
@@ -78,6 +99,7 @@ pub fn listen_pinned(name: &str) -> io::Result<TcpListener> {
         std::process::exit(2);
     };
     pin_to_cpu(cpu.parse().expect("cpu"))?;
+    raise_fd_limit()?;
     let listener = TcpListener::bind(("127.0.0.1", 0))?;
     println!("{}", listener.local_addr()?.port());
     Ok(listener)
