@@ -8,11 +8,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import threading
 import time
 
 import oxloop
 import pytest
+from oxloop import _health
 
 
 @pytest.fixture
@@ -180,6 +182,12 @@ def test_settings_are_checked_and_kept(hloop):
         oxloop.configure_health(hloop, log_slow_callbacks=-1)
     with pytest.raises(TypeError):
         oxloop.configure_health(hloop, slow_callbacks=1.5)
+    for bad in (-1, 10**9, 2**62):
+        with pytest.raises(ValueError):
+            oxloop.configure_health(hloop, slow_callbacks=bad)
+    for bad in (float("inf"), float("nan")):
+        with pytest.raises(ValueError):
+            oxloop.configure_health(hloop, log_slow_callbacks=bad)
     settings = oxloop.configure_health(hloop, slow_callbacks=1, log_slow_callbacks=0.25)
     assert settings == {"enabled": True, "slow_callbacks": 1, "log_slow_callbacks": 0.25}
     for _ in range(3):
@@ -189,6 +197,39 @@ def test_settings_are_checked_and_kept(hloop):
     assert len(oxloop.health(hloop).slow_callbacks) == 1
     with pytest.raises(ValueError):
         oxloop.health(hloop).lag.percentile(101)
+
+
+def test_figures_turned_on_during_a_wait_give_its_callbacks_a_real_lag():
+    loop = oxloop.new_event_loop()
+    r, w = socket.socketpair()
+    try:
+        loop.add_reader(r, lambda: (r.recv(1), loop.stop()))
+
+        def turn_on_and_wake():
+            time.sleep(0.05)
+            oxloop.configure_health(loop, enabled=True)
+            w.send(b"x")
+
+        thread = threading.Thread(target=turn_on_and_wake)
+        thread.start()
+        loop.run_forever()
+        thread.join()
+        h = oxloop.health(loop)
+        assert h.callbacks == 1
+        assert h.lag.max < 60  # not the machine's uptime
+    finally:
+        loop.close()
+        r.close()
+        w.close()
+
+
+def test_percentiles_take_the_nearest_rank_of_the_decimal_asked():
+    # 999 lags in the first bucket, one in the second: p99.9 is the 999th
+    # lag, even where 99.9 / 100 * 1000 is over 999 in floats.
+    lag = _health.Lag([(0, 0, 10, 999), (1, 11, 20, 1)], 1000, 20)
+    assert lag.percentile(99.9) == lag.p999 == 10 / 1e9
+    assert lag.percentile(100) == 20 / 1e9
+    assert lag.percentile(99.91) == 20 / 1e9
 
 
 def test_io_callbacks_are_counted(hloop):

@@ -22,21 +22,27 @@ def watch_health(summary: bool, report: str | None) -> None:
     """Turns health figures on for every loop made from now on. With
     `summary`, prints them to stderr when the program ends and when SIGUSR1
     arrives; with `report`, samples them each second and writes the HTML
-    report to that path when the program ends."""
+    report to that path when the program ends. Neither runs in a forked
+    child, and child processes are not watched."""
     import atexit
     import signal
 
     from . import _health
 
-    os.environ["OXLOOP_HEALTH"] = "1"
+    pid = os.getpid()
+
+    def at_exit(func, *args):
+        atexit.register(lambda: os.getpid() == pid and func(*args))
+
+    _health.watch()
     if summary:
-        atexit.register(_health.report, sys.stderr)
+        at_exit(_health.report, sys.stderr)
         if hasattr(signal, "SIGUSR1"):
             signal.signal(signal.SIGUSR1, lambda *_: _health.report(sys.stderr))
     if report is not None:
         from ._report import Recorder
 
-        atexit.register(Recorder().write, os.path.abspath(report))
+        at_exit(Recorder().write, os.path.abspath(report))
 
 
 def main(argv: list[str]) -> int:

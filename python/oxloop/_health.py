@@ -14,6 +14,7 @@ import math
 import operator
 import time
 from asyncio import format_helpers
+from fractions import Fraction
 from typing import NamedTuple
 
 _NS = 1e9
@@ -103,7 +104,8 @@ class Lag:
             return 0.0
         if q == 0:
             return self.min
-        rank = max(1, math.ceil(q / 100 * self.count))
+        # The decimal `q` exactly: 99.9 / 100 * 1000 is 999.0000000000001 in floats.
+        rank = max(1, math.ceil(Fraction(str(q)) * self.count / 100))
         seen = 0
         for _, _, hi, n in self._buckets:
             seen += n
@@ -287,9 +289,20 @@ _GAUGES = [
 ]
 
 
-#: The loops made while `OXLOOP_HEALTH=1` (`python -m oxloop --health`),
-#: kept for the report at exit.
+#: Whether `python -m oxloop --health` or `--health-report` watches every
+#: loop made ([`watch`]).
+watching = False
+
+#: The loops made while watching, closed ones too, kept for the reports at
+#: exit.
 watched: list = []
+
+
+def watch() -> None:
+    """Turns the figures on for every loop made in this process from now on,
+    and keeps those loops for the reports at exit."""
+    global watching
+    watching = True
 
 
 def report(file) -> None:
@@ -333,6 +346,10 @@ def reset_health(loop=None) -> None:
 
 _UNSET = object()
 
+#: The most slow callbacks a loop keeps (each entry costs an insertion into
+#: a sorted list).
+MAX_SLOW_CALLBACKS = 10_000
+
 
 def configure_health(
     loop=None, *, enabled=None, slow_callbacks=None, log_slow_callbacks=_UNSET
@@ -343,7 +360,8 @@ def configure_health(
     - `enabled`: record figures or not (off by default; the `OXLOOP_HEALTH=1`
       environment variable turns them on for new loops). Enabling starts the
       figures over.
-    - `slow_callbacks`: how many of the slowest callbacks to keep (10).
+    - `slow_callbacks`: how many of the slowest callbacks to keep (10; at
+      most MAX_SLOW_CALLBACKS).
     - `log_slow_callbacks`: a callback that runs at least this many seconds
       is logged to asyncio's logger, as debug mode's `Executing <Handle ...>
       took 0.123 seconds`, naming its line; `None` (the default) logs none.
@@ -354,8 +372,8 @@ def configure_health(
         on = bool(enabled)
     if slow_callbacks is not None:
         keep = operator.index(slow_callbacks)
-        if keep < 0:
-            raise ValueError("slow_callbacks must not be negative")
+        if not 0 <= keep <= MAX_SLOW_CALLBACKS:
+            raise ValueError(f"slow_callbacks must be in [0, {MAX_SLOW_CALLBACKS}], not {keep}")
     if log_slow_callbacks is not _UNSET:
         log = log_slow_callbacks
         if log is not None:

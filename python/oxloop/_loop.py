@@ -181,9 +181,10 @@ class Loop(Engine, asyncio.AbstractEventLoop):
 
     def _init_loop(self, selector):
         self._open(selector)
-        if os.environ.get("OXLOOP_HEALTH") == "1":
+        if _health.watching or os.environ.get("OXLOOP_HEALTH") == "1":
             _health.configure_health(self, enabled=True)
-            _health.watched.append(self)
+            if _health.watching:
+                _health.watched.append(self)
         self._selector = _Registrations(self)
         self._clock_resolution = time.get_clock_info("monotonic").resolution
         self._default_executor = None

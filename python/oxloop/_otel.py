@@ -45,7 +45,8 @@ def observe_health(loop=None, *, meter_provider=None, attributes=None) -> None:
     `oxloop.loop.lag.min/max/mean/p50/p90/p99/p999` (s, over the interval
     since the previous collection), `oxloop.loop.slowest_callback` (s),
     `.ready`, `.ready_max`, `.timers_pending`, `.fds_watched`,
-    `.transports_open`.
+    `.transports_open`. One collection reads the figures once; with several
+    readers, "since the previous collection" means any reader's.
     """
     try:
         from opentelemetry import metrics
@@ -57,15 +58,15 @@ def observe_health(loop=None, *, meter_provider=None, attributes=None) -> None:
     loop = _loop_of(loop)
     provider = meter_provider or metrics.get_meter_provider()
     meter = provider.get_meter("oxloop")
-    ref = weakref.ref(loop)
+    collection = _Collection(weakref.ref(loop))
     attributes = dict(attributes or {})
 
     def instrument(kind, name, unit, description, value):
         def callback(options):
-            loop = ref()
-            if loop is None:
+            reading = collection.reading(name)
+            if reading is None:
                 return []
-            return [metrics.Observation(value(health(loop)), attributes)]
+            return [metrics.Observation(value(reading), attributes)]
 
         kind(_PREFIX + name, callbacks=[callback], unit=unit, description=description)
 
@@ -90,7 +91,7 @@ def observe_health(loop=None, *, meter_provider=None, attributes=None) -> None:
             f"lag.{name}",
             "s",
             f"Callback lag ({name}) since the previous collection.",
-            _lag(attribute),
+            _lag(collection, attribute),
         )
     instrument(
         gauge,
@@ -105,15 +106,33 @@ def _attribute(name):
     return lambda h: getattr(h, name)
 
 
-def _lag(attribute):
-    """The value of one lag figure over the lags measured since the
-    previous collection (all of them at the first)."""
-    previous = None
+class _Collection:
+    """One reading of a loop's figures per collection, shared by all its
+    instruments, so that one collection's figures are of one instant. A
+    collection is over when an instrument is read again."""
 
-    def value(h):
-        nonlocal previous
-        interval = h.lag if previous is None else h.lag - previous
-        previous = h.lag
-        return getattr(interval, attribute)
+    def __init__(self, ref):
+        self._ref = ref
+        self._read: set[str] = set()
+        self._health = None
+        #: The lags measured since the previous collection (all of them at the first).
+        self.interval = None
 
-    return value
+    def reading(self, instrument: str):
+        """The figures for `instrument` in this collection; None once the
+        loop is gone."""
+        if self._health is None or instrument in self._read:
+            loop = self._ref()
+            if loop is None:
+                return None
+            now = health(loop)
+            self.interval = now.lag if self._health is None else now.lag - self._health.lag
+            self._health = now
+            self._read.clear()
+        self._read.add(instrument)
+        return self._health
+
+
+def _lag(collection, attribute):
+    """One lag figure over the lags measured since the previous collection."""
+    return lambda h: getattr(collection.interval, attribute)

@@ -211,7 +211,9 @@ impl Engine {
         if handle::is_scheduled(timer) {
             let mut st = self.state.lock();
             st.timers.cancelled();
-            st.health.counters.timers_cancelled += 1;
+            if st.health.enabled {
+                st.health.counters.timers_cancelled += 1;
+            }
         }
     }
 
@@ -521,7 +523,7 @@ impl Engine {
                 let ticks = clock::now();
                 (ticks, clock::rate(ticks))
             });
-            fired += 1;
+            fired += u64::from(!handle::is_cancelled(t.bind(py)));
             ready.push(Ready::Callback(t), due_since(ticks, rate, now - when));
         }
         if fired > 0 {
@@ -565,18 +567,25 @@ impl Engine {
                 }
                 (next, due)
             };
-            let ran = match &next {
+            let (ran, counted) = match &next {
                 Ready::Io(target, side) => match target.on_ready(py, *side) {
                     Err(e) if !escapes(py, &e) => {
-                        Self::native_failed(slf, &target.describe(py)?, e)
+                        (Self::native_failed(slf, &target.describe(py)?, e), true)
                     }
-                    ran => ran,
+                    ran => (ran, true),
                 },
-                Ready::Callback(h) if handle::is_cancelled(h.bind(py)) => Ok(()),
-                Ready::Callback(h) => Self::run_handle(slf, h.bind(py)),
+                Ready::Callback(h) if handle::is_cancelled(h.bind(py)) => (Ok(()), false),
+                Ready::Callback(h) => (Self::run_handle(slf, h.bind(py)), true),
             };
-            if let Some(began) = start {
-                let due = if due == PENDING { iteration_start } else { due };
+            if let (Some(began), true) = (start, counted) {
+                // Queued while the figures were off (turned on during the
+                // wait, by a signal handler or another thread): due when
+                // the iteration started, as a PENDING one.
+                let due = if due == PENDING || due == 0 {
+                    iteration_start
+                } else {
+                    due
+                };
                 start = Some(Self::timed(slf, &next, began, due));
             }
             if let Ready::Callback(h) = next {
@@ -684,7 +693,7 @@ impl Engine {
         let ran = iterate();
         let mut st = this.state.lock();
         st.run_depth -= 1;
-        if st.run_depth == 0 {
+        if st.run_depth == 0 && st.health.enabled {
             st.health.run_stopped(clock::now());
         }
         ran
@@ -956,11 +965,14 @@ impl Engine {
         log_threshold: Option<f64>,
     ) -> PyResult<()> {
         let log_threshold = log_threshold
-            .map(|t| Duration::try_from_secs_f64(t).map(|d| clock::from_nanos(d.as_nanos() as u64)))
+            .map(|t| {
+                Duration::try_from_secs_f64(t)
+                    .map(|d| clock::from_nanos(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)))
+            })
             .transpose()
             .map_err(|_| {
                 pyo3::exceptions::PyValueError::new_err(
-                    "the log threshold must be a non-negative number of seconds",
+                    "the log threshold must be a finite, non-negative number of seconds",
                 )
             })?;
         let mut st = self.state.lock();

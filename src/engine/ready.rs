@@ -46,8 +46,8 @@ impl Traverse for Ready {
 /// ([`ReadyQueue::begin_iteration`]).
 pub const PENDING: u64 = u64::MAX;
 
-/// Ready entries in order, with when each became due (nanoseconds on the
-/// loop's clock; 0 while health figures are off).
+/// Ready entries in order, with when each became due (health clock ticks;
+/// 0 while health figures are off).
 #[derive(Default)]
 pub struct ReadyQueue {
     entries: VecDeque<(Ready, u64)>,

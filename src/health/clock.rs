@@ -76,17 +76,27 @@ fn origin() -> &'static Origin {
     })
 }
 
+/// How often [`paired`] tries for a gap within [`MAX_READ_GAP_NS`].
+const PAIRING_TRIES: u32 = 100;
+
 /// The counter and the monotonic clock read at one instant, to within
 /// [`MAX_READ_GAP_NS`]: a reading preempted between the two is taken again.
+/// Where the clocks are that slow to read (an emulated clock source,
+/// valgrind), the closest of [`PAIRING_TRIES`] readings.
 fn paired(tsc: bool) -> (u64, u64) {
-    loop {
+    let mut best = (u64::MAX, 0, 0);
+    for _ in 0..PAIRING_TRIES {
         let before = monotonic_ns();
         let ticks = read(tsc);
-        let after = monotonic_ns();
-        if after - before <= MAX_READ_GAP_NS {
-            return (ticks, before + (after - before) / 2);
+        let gap = monotonic_ns().saturating_sub(before);
+        if gap < best.0 {
+            best = (gap, ticks, before + gap / 2);
+        }
+        if gap <= MAX_READ_GAP_NS {
+            break;
         }
     }
+    (best.1, best.2)
 }
 
 /// The clock now, in ticks.
@@ -190,21 +200,26 @@ mod tests {
     #[test]
     fn measurements_agree() {
         // Two measurements differ by at most a microsecond of reading gap
+        // (or, where the clocks are slow to read, the closest pairing's)
         // over at least a millisecond of span each.
         let first = rate(now()).0;
         std::thread::sleep(std::time::Duration::from_millis(3));
         let second = rate(now()).0;
         assert!(
-            (first - second).abs() <= first * 3e-3,
+            (first - second).abs() <= first * 1e-2,
             "{first} vs {second}"
         );
     }
 
     #[test]
     fn ticks_follow_the_monotonic_clock() {
-        let t0 = now();
+        let (t0, m0) = (now(), monotonic_ns());
         std::thread::sleep(std::time::Duration::from_millis(20));
-        let slept = to_nanos(now() - t0);
-        assert!((19_000_000..200_000_000).contains(&slept), "{slept}");
+        let (t1, m1) = (now(), monotonic_ns());
+        let (slept, expected) = (to_nanos(t1 - t0), m1 - m0);
+        assert!(
+            slept.abs_diff(expected) <= expected / 100 + 100_000,
+            "{slept} vs {expected}"
+        );
     }
 }

@@ -123,7 +123,7 @@ impl Health {
     }
 
     /// Runs at least this long are reported to the loop's logger
-    /// (nanoseconds; `None`: never).
+    /// (clock ticks; `None`: never).
     pub fn log_threshold(&self) -> Option<u64> {
         self.log_threshold
     }

@@ -25,7 +25,7 @@ impl Slowest {
     pub fn new(capacity: usize) -> Self {
         Self {
             capacity,
-            entries: Vec::with_capacity(capacity),
+            entries: Vec::new(),
         }
     }
 
