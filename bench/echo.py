@@ -104,9 +104,10 @@ def table(loops: list[str], kinds, sizes, conns, seconds: float, rounds: int) ->
     One server per loop serves every concurrency of a (kind, size); in each
     cell, after a warm-up, the loops take turns for `rounds` windows of
     `seconds` and each figure is the median (peak RSS: the server's peak so
-    far, which at the highest concurrency is that of the whole size)."""
+    far, which at the highest concurrency is that of the whole size). With no
+    loops, the reference servers alone, in ratio to the epoll one."""
     build_loadgen()
-    base = baseline(loops)
+    base = baseline(loops) if loops else "reference"
     cells = []
     print(
         f"Python {sys.version.split()[0]}; TCP echo, server CPU µs/request (ratio to {base}), "

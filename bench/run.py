@@ -1,9 +1,11 @@
 """Every benchmark in one run, and the report made from it.
 
-    python bench/run.py [--seconds 1] [--rounds 3] [--repeat 5] [--out docs] [--report-only]
+    python bench/run.py [--seconds 1] [--rounds 3] [--repeat 5] [--out docs]
+                        [--report-only | --only references]
 
 Runs the micro benchmarks (oxloop._bench), the TCP echo table (echo.py) and
-the HTTP table (http.py) on every loop installed, then writes
+the HTTP table (http.py) on every loop installed, and the reference
+servers (epoll against io_uring) up to a thousand connections, then writes
 OUT/benchmarks.md (method, machine, tables of ratios), OUT/benchmarks.png
 (bar chart of ratios to uvloop) and OUT/benchmarks.json (every raw figure).
 The report is generated from the run, never edited by hand.
@@ -29,6 +31,8 @@ from oxloop import _bench as micro
 ECHO_KINDS = ("protocol", "buffered", "streams", "sock")
 ECHO_SIZES = (1024, 10240, 102400)
 ECHO_CONNS = (1, 10, 100)
+#: Where io_uring is said to win: many connections (issue 16, step 1).
+REFERENCE_CONNS = (10, 100, 1000)
 HTTP_CONNS = (10, 100)
 
 
@@ -88,6 +92,26 @@ def ratio_table(header: list[str], rows: list[tuple[str, dict]], loops, base, be
             text += f" ({ratio:.2f}x)"
             cells.append(f"**{text}**" if value == best else text)
         lines.append("| " + label + " | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def reference_table(cells: list[dict]) -> str:
+    """The reference servers side by side: CPU per request (ratio to the
+    epoll one), requests/s and p50/p99 latency."""
+    names = list(echo.REFERENCES)
+    lines = [
+        "| size | conns | " + " | ".join(names) + " |",
+        "|" + "---|" * (2 + len(names)),
+    ]
+    for cell in cells:
+        base = cell[names[0]]["cpu_us"]
+        figures = [
+            f"{r['cpu_us']:.1f} µs ({r['cpu_us'] / base:.2f}x), {r['rps'] / 1000:,.0f}k/s, "
+            f"{r['p50_us']:.0f}/{r['p99_us']:.0f} µs"
+            for r in (cell[name] for name in names)
+        ]
+        label = f"{size_label(cell['size'])} | {cell['conns']}"
+        lines.append(f"| {label} | " + " | ".join(figures) + " |")
     return "\n".join(lines)
 
 
@@ -194,8 +218,8 @@ Raw figures: [benchmarks.json](benchmarks.json).
 
 "reference" and "io_uring ref" are bench/loadgen's Rust echo servers (no Python): the
 floor for the Protocol and BufferedProtocol servers, waiting with epoll (a read and a
-send per request) and with io_uring (a receive and a send per request in flight, all
-of one pass submitted in one `io_uring_enter`).
+send per request) and with io_uring (completions; what it does, and its figures up to
+c1000, in the last section).
 
 ## TCP echo: requests/s (ratio to {base})
 {ratio_table(["kind", "size", "conns"], rps_rows, loops, base, max)}
@@ -205,7 +229,37 @@ of one pass submitted in one `io_uring_enter`).
 
 ## HTTP/1.1 keep-alive (httptools, wrk): server CPU µs per request, lower is better
 {ratio_table(["conns"], http_rows, loops, base, min)}
+{references_section(results)}"""
+
+
+def references_section(results: dict) -> str:
+    """io_uring against epoll, reference server to reference server, up to
+    a thousand connections (`run.py --only references` measures it anew)."""
+    section = results.get("references")
+    if section is None:
+        return ""
+    return f"""
+## io_uring vs epoll: the reference servers up to c1000 (issue 16)
+Server CPU per request (ratio to the epoll reference), requests/s, p50/p99 latency;
+measured {section["date"]}, {section["rounds"]} windows of {section["seconds"]} s per cell,
+the two servers taking turns. What the io_uring server does is in
+`bench/loadgen/src/bin/oxloop-uring-reference-server.rs`; what the figures say, in
+[io_uring.md](io_uring.md).
+
+{reference_table(section["cells"])}
 """
+
+
+def references(opts) -> dict:
+    """The reference servers' cells at REFERENCE_CONNS, and how they were
+    measured (one kind: they serve every kind alike)."""
+    cells = echo.table([], ["protocol"], ECHO_SIZES, REFERENCE_CONNS, opts.seconds, opts.rounds)
+    return {
+        "date": time.strftime("%Y-%m-%d"),
+        "seconds": opts.seconds,
+        "rounds": opts.rounds,
+        "cells": cells,
+    }
 
 
 def main() -> int:
@@ -218,11 +272,21 @@ def main() -> int:
     parser.add_argument(
         "--report-only", action="store_true", help="remake the report from OUT/benchmarks.json"
     )
+    parser.add_argument(
+        "--only",
+        choices=["references"],
+        help="measure this section anew, keep the rest of OUT/benchmarks.json",
+    )
     opts = parser.parse_args()
     out = Path(opts.out)
-    if opts.report_only:
+    if opts.report_only or opts.only:
+        if not (out / "benchmarks.json").exists():
+            parser.error(f"{out / 'benchmarks.json'} is missing: run every benchmark first")
         results = json.loads((out / "benchmarks.json").read_text())
-    else:
+    if opts.only == "references":
+        results["references"] = references(opts)
+        (out / "benchmarks.json").write_text(json.dumps(results, indent=1) + "\n")
+    elif not opts.report_only:
         loops = opts.loops.split(",") if opts.loops else available_loops()
         results = {
             "machine": machine(),
@@ -235,6 +299,7 @@ def main() -> int:
                 loops, ECHO_KINDS, ECHO_SIZES, ECHO_CONNS, opts.seconds, opts.rounds
             ),
             "http": http_bench.table(loops, HTTP_CONNS, max(1, round(opts.seconds)), opts.rounds),
+            "references": references(opts),
         }
         out.mkdir(parents=True, exist_ok=True)
         (out / "benchmarks.json").write_text(json.dumps(results, indent=1) + "\n")

@@ -3,14 +3,15 @@
 //! figures say io_uring wins by. One thread, one ring (single issuer,
 //! deferred task running): a multishot accept; per client a registered
 //! (fixed) file and one multishot receive drawing from a provided buffer
-//! ring, so one submission serves every read of a connection; each received
-//! chunk echoed from its buffer by a send (`SEND_ZC` from
-//! `OXLOOP_URING_ZC_MIN` bytes, 16 KiB unless set; 0 turns it off), one
-//! send in flight per client, the buffer returned to the ring once sent
+//! ring, so one submission serves every read of a connection; the chunks a
+//! client sent in one pass echoed from their buffers by one send at the
+//! pass's end (a gathered `sendmsg` for several; `SEND_ZC` from
+//! `OXLOOP_URING_ZC_MIN` bytes when set: on loopback it only loses), one
+//! send in flight per client, each buffer returned to the ring once sent
 //! (for a zero-copy send, once the kernel's notification says it let go);
-//! every operation one pass over the completions queues goes to the kernel
-//! in one `io_uring_enter`. bench/echo.py runs it beside the epoll reference
-//! server: the floor an io_uring backend could reach.
+//! every operation of a pass goes to the kernel in one `io_uring_enter`.
+//! bench/echo.py runs it beside the epoll reference server: the floor an
+//! io_uring backend could reach.
 //!
 //!     oxloop-uring-reference-server CPU
 //!
@@ -24,10 +25,11 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU16, Ordering};
 
-/// Provided buffers (a power of two) and their size: 128 MiB in all, two
-/// per client at a thousand clients of 100 KiB messages.
-const BUFS: u16 = 2048;
-const BUF_SIZE: usize = 64 * 1024;
+/// Provided buffers (a power of two) and their size: 256 MiB in all, one
+/// per client at a thousand clients of 100 KiB messages, so a message that
+/// has arrived is one receive (as the epoll reference's 256 KiB `recv`).
+const BUFS: u16 = 1024;
+const BUF_SIZE: usize = 256 * 1024;
 const GROUP: u16 = 0;
 /// The most fixed-file slots (a client's slot is its fd), within the fd limit.
 const MAX_SLOTS: u32 = 65536;
@@ -38,24 +40,25 @@ const SEND: u64 = 2;
 const SEND_ZC: u64 = 3;
 
 /// The operation's tag in `user_data`: what was asked, the client's slot,
-/// and the buffer a send is from.
-fn tag(op: u64, slot: RawFd, bid: u16) -> u64 {
-    op | (slot as u64) << 2 | (bid as u64) << 32
+/// and for a zero-copy send its index in `Server::zc_sends`.
+fn tag(op: u64, slot: RawFd, index: u32) -> u64 {
+    op | (slot as u64) << 2 | (index as u64) << 32
 }
 
-fn untag(data: u64) -> (u64, RawFd, u16) {
+fn untag(data: u64) -> (u64, RawFd, u32) {
     (
         data & 3,
         ((data >> 2) & 0x3fff_ffff) as RawFd,
-        (data >> 32) as u16,
+        (data >> 32) as u32,
     )
 }
 
 /// The provided buffer ring: its entries (page-aligned, shared with the
-/// kernel) and the buffers they point into.
+/// kernel) and the buffers they point into, which the kernel writes into
+/// (so only ever reached through a raw pointer, never a reference).
 struct BufRing {
     entries: *mut BufRingEntry,
-    slab: Vec<u8>,
+    slab: *mut u8,
     tail: u16,
 }
 
@@ -79,7 +82,8 @@ impl BufRing {
         }
         let mut this = Self {
             entries: entries.cast(),
-            slab: vec![0; BUFS as usize * BUF_SIZE],
+            // Lives as long as the process, as the ring does.
+            slab: Box::leak(vec![0u8; BUFS as usize * BUF_SIZE].into_boxed_slice()).as_mut_ptr(),
             tail: 0,
         };
         // SAFETY: the mapping holds BUFS entries and lives as long as the
@@ -96,7 +100,8 @@ impl BufRing {
     }
 
     fn buf(&self, bid: u16) -> *const u8 {
-        self.slab[bid as usize * BUF_SIZE..].as_ptr()
+        // SAFETY: `bid < BUFS`, so the offset is inside the slab.
+        unsafe { self.slab.add(bid as usize * BUF_SIZE) }
     }
 
     /// Puts buffer `bid` back at the tail (seen by the kernel once published).
@@ -122,12 +127,34 @@ impl BufRing {
     }
 }
 
-/// One client: the received chunks still to echo (buffer, length, sent).
-#[derive(Default)]
+/// The most chunks one gathered send carries.
+const MAX_GATHER: usize = 64;
+
+/// One client: the received chunks still to echo (buffer, length, sent),
+/// and the gathered send of the first `in_flight` of them, whose iovecs and
+/// message header stay put until its completion (the client's slot in
+/// `Server::conns` never moves).
 struct Conn {
     chunks: VecDeque<(u16, usize, usize)>,
-    sending: bool,
+    in_flight: usize,
+    queued: bool,
     receiving: bool,
+    iov: Vec<libc::iovec>,
+    msg: libc::msghdr,
+}
+
+impl Conn {
+    fn new() -> Self {
+        Self {
+            chunks: VecDeque::new(),
+            in_flight: 0,
+            queued: false,
+            receiving: false,
+            iov: Vec::with_capacity(MAX_GATHER),
+            // SAFETY: an all-zero msghdr is a valid empty one.
+            msg: unsafe { std::mem::zeroed() },
+        }
+    }
 }
 
 struct Server {
@@ -138,16 +165,25 @@ struct Server {
     /// whether its chunk was all sent.
     zc_pending: Vec<u16>,
     done_sending: Vec<bool>,
+    /// The buffers of each zero-copy send whose notification is still due
+    /// (the send's tag holds its index), and the free indexes.
+    zc_sends: Vec<Vec<u16>>,
+    zc_free: Vec<u32>,
     zc_min: usize,
     /// Clients whose receive stopped for want of buffers.
     starved: Vec<RawFd>,
+    /// Clients with chunks to send and no send in flight: their sends go
+    /// out at the end of the pass, each gathering every chunk received in it.
+    to_send: Vec<RawFd>,
 }
 
 impl Server {
     /// Queues `entry`, making room by submitting what is queued when the ring is full.
     fn push(&mut self, entry: squeue::Entry) -> io::Result<()> {
         // SAFETY: every buffer an entry points into is a provided buffer,
-        // which goes back to the ring only when its last operation completed.
+        // which goes back to the ring only when its last operation
+        // completed, or a client's iovecs and header, which stay put until
+        // its send completes.
         while unsafe { self.ring.submission().push(&entry) }.is_err() {
             self.ring.submit()?;
         }
@@ -164,29 +200,74 @@ impl Server {
         self.push(entry)
     }
 
-    /// Sends the rest of the client's first chunk.
+    /// Puts the client on the end-of-pass send list if it has chunks to
+    /// send and no send in flight.
+    fn wants_send(&mut self, slot: RawFd) {
+        if let Some(c) = self.conns[slot as usize].as_mut() {
+            if c.in_flight == 0 && !c.queued && !c.chunks.is_empty() {
+                c.queued = true;
+                self.to_send.push(slot);
+            }
+        }
+    }
+
+    /// Sends the rest of the client's chunks (up to MAX_GATHER) in one
+    /// operation: a plain send for one chunk, a gathered `sendmsg` for more.
     fn send_next(&mut self, slot: RawFd) -> io::Result<()> {
         let Some(c) = self.conns[slot as usize].as_mut() else {
             return Ok(());
         };
-        let Some(&(bid, len, sent)) = c.chunks.front() else {
-            c.sending = false;
+        c.queued = false;
+        if c.in_flight > 0 || c.chunks.is_empty() {
             return Ok(());
-        };
-        c.sending = true;
-        // SAFETY: `sent < len <= BUF_SIZE`: inside buffer `bid`.
-        let ptr = unsafe { self.bufs.buf(bid).add(sent) };
-        let rest = (len - sent) as u32;
+        }
+        c.iov.clear();
+        let mut bids = Vec::new();
+        for &(bid, len, sent) in c.chunks.iter().take(MAX_GATHER) {
+            c.iov.push(libc::iovec {
+                // SAFETY: `sent < len <= BUF_SIZE`: inside buffer `bid`.
+                iov_base: unsafe { self.bufs.buf(bid).add(sent) } as *mut _,
+                iov_len: len - sent,
+            });
+            bids.push(bid);
+        }
+        c.in_flight = c.iov.len();
+        c.msg.msg_iov = c.iov.as_mut_ptr();
+        c.msg.msg_iovlen = c.iov.len() as _;
+        let total: usize = c.iov.iter().map(|v| v.iov_len).sum();
         let fd = types::Fixed(slot as u32);
-        let entry = if self.zc_min > 0 && rest as usize >= self.zc_min {
-            self.zc_pending[bid as usize] += 1;
-            opcode::SendZc::new(fd, ptr, rest)
-                .build()
-                .user_data(tag(SEND_ZC, slot, bid))
+        let single = c.iov.len() == 1;
+        let (ptr, msg) = (
+            c.iov[0].iov_base as *const u8,
+            &c.msg as *const libc::msghdr,
+        );
+        let entry = if self.zc_min > 0 && total >= self.zc_min {
+            for &bid in &bids {
+                self.zc_pending[bid as usize] += 1;
+            }
+            let index = match self.zc_free.pop() {
+                Some(i) => {
+                    self.zc_sends[i as usize] = bids;
+                    i
+                }
+                None => {
+                    self.zc_sends.push(bids);
+                    self.zc_sends.len() as u32 - 1
+                }
+            };
+            let entry = if single {
+                opcode::SendZc::new(fd, ptr, total as u32).build()
+            } else {
+                opcode::SendMsgZc::new(fd, msg).build()
+            };
+            entry.user_data(tag(SEND_ZC, slot, index))
         } else {
-            opcode::Send::new(fd, ptr, rest)
-                .build()
-                .user_data(tag(SEND, slot, bid))
+            let entry = if single {
+                opcode::Send::new(fd, ptr, total as u32).build()
+            } else {
+                opcode::SendMsg::new(fd, msg).build()
+            };
+            entry.user_data(tag(SEND, slot, 0))
         };
         self.push(entry)
     }
@@ -199,17 +280,13 @@ impl Server {
         }
     }
 
-    /// Ends a client once nothing of it is in flight.
+    /// Ends a client once nothing of it is in flight or left to send.
     fn close_if_idle(&mut self, slot: RawFd) -> io::Result<()> {
         let idle = self.conns[slot as usize]
             .as_ref()
-            .is_some_and(|c| !c.sending && !c.receiving);
+            .is_some_and(|c| c.in_flight == 0 && !c.receiving && c.chunks.is_empty());
         if idle {
-            let c = self.conns[slot as usize].take().expect("idle client");
-            for (bid, _, _) in c.chunks {
-                self.done_sending[bid as usize] = true;
-                self.release(bid);
-            }
+            self.conns[slot as usize] = None;
             self.ring
                 .submitter()
                 .register_files_update(slot as u32, &[-1])?;
@@ -229,7 +306,7 @@ impl Server {
         self.ring
             .submitter()
             .register_files_update(fd as u32, &[fd])?;
-        self.conns[fd as usize] = Some(Conn::default());
+        self.conns[fd as usize] = Some(Conn::new());
         self.receive(fd)
     }
 
@@ -243,9 +320,7 @@ impl Server {
                 return Ok(());
             };
             c.chunks.push_back((bid, res as usize, 0));
-            if !c.sending {
-                self.send_next(slot)?;
-            }
+            self.wants_send(slot);
         }
         if !more {
             if res == -libc::ENOBUFS {
@@ -264,11 +339,17 @@ impl Server {
 
     /// A send's completion; a zero-copy send's is followed by a
     /// notification (its `more` flag says so) once the kernel let go of the
-    /// buffer.
-    fn sent(&mut self, op: u64, slot: RawFd, bid: u16, res: i32, flags: u32) -> io::Result<()> {
+    /// buffers. A send that took part of its chunks leaves the rest first
+    /// in line; a failed one drops the client's chunks (the client is gone:
+    /// its receive ends too, and then the client).
+    fn sent(&mut self, op: u64, slot: RawFd, index: u32, res: i32, flags: u32) -> io::Result<()> {
         if op == SEND_ZC && (cqueue::notif(flags) || !cqueue::more(flags)) {
-            self.zc_pending[bid as usize] -= 1;
-            self.release(bid);
+            let bids = std::mem::take(&mut self.zc_sends[index as usize]);
+            self.zc_free.push(index);
+            for bid in bids {
+                self.zc_pending[bid as usize] -= 1;
+                self.release(bid);
+            }
             if cqueue::notif(flags) {
                 return Ok(());
             }
@@ -276,19 +357,26 @@ impl Server {
         let Some(c) = self.conns[slot as usize].as_mut() else {
             return Ok(());
         };
-        if res < 0 {
-            // The client is gone: its receive ends too, and then the client.
-            c.sending = false;
-            return self.close_if_idle(slot);
-        }
-        let front = c.chunks.front_mut().expect("a chunk in flight");
-        front.2 += res as usize;
-        if front.2 >= front.1 {
-            c.chunks.pop_front();
+        c.in_flight = 0;
+        let mut left = if res < 0 { usize::MAX } else { res as usize };
+        while left > 0 {
+            let Some(c) = self.conns[slot as usize].as_mut() else {
+                break;
+            };
+            let Some(front) = c.chunks.front_mut() else {
+                break;
+            };
+            let take = left.min(front.1 - front.2);
+            front.2 += take;
+            left = left.saturating_sub(take);
+            if front.2 < front.1 {
+                break;
+            }
+            let (bid, _, _) = c.chunks.pop_front().expect("the front chunk");
             self.done_sending[bid as usize] = true;
             self.release(bid);
         }
-        self.send_next(slot)?;
+        self.wants_send(slot);
         self.close_if_idle(slot)
     }
 
@@ -309,7 +397,7 @@ impl Server {
                     .map(|c| (c.user_data(), c.result(), c.flags())),
             );
             for (data, res, flags) in done.drain(..) {
-                let (op, slot, bid) = untag(data);
+                let (op, slot, index) = untag(data);
                 match op {
                     ACCEPT => {
                         if res >= 0 {
@@ -320,8 +408,11 @@ impl Server {
                         }
                     }
                     RECV => self.received(slot, res, flags)?,
-                    _ => self.sent(op, slot, bid, res, flags)?,
+                    _ => self.sent(op, slot, index, res, flags)?,
                 }
+            }
+            for slot in std::mem::take(&mut self.to_send) {
+                self.send_next(slot)?;
             }
             self.bufs.publish();
             for slot in std::mem::take(&mut self.starved) {
@@ -358,7 +449,7 @@ fn main() -> io::Result<()> {
     let bufs = BufRing::new(&ring)?;
     let zc_min = match std::env::var("OXLOOP_URING_ZC_MIN") {
         Ok(v) => v.parse().expect("OXLOOP_URING_ZC_MIN: a byte count"),
-        Err(_) => 16 * 1024,
+        Err(_) => 0,
     };
     let mut server = Server {
         ring,
@@ -366,8 +457,11 @@ fn main() -> io::Result<()> {
         conns: (0..slots).map(|_| None).collect(),
         zc_pending: vec![0; BUFS as usize],
         done_sending: vec![false; BUFS as usize],
+        zc_sends: Vec::new(),
+        zc_free: Vec::new(),
         zc_min,
         starved: Vec::new(),
+        to_send: Vec::new(),
     };
     server.run(listener.as_raw_fd())
 }
