@@ -183,7 +183,8 @@ class Health:
         self.callbacks: int = raw["callbacks"]
         #: Readiness events the backend reported.
         self.io_events: int = raw["io_events"]
-        #: Timers that came due.
+        #: Timers that came due (as asyncio, the loop queues one cancelled
+        #: behind an earlier due timer and skips it when it comes up).
         self.timers_fired: int = raw["timers_fired"]
         #: Timers cancelled while scheduled.
         self.timers_cancelled: int = raw["timers_cancelled"]
