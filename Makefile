@@ -58,6 +58,7 @@ export OXLOOP_REQUIRE_BROWSER = 1
 
 $(addprefix test-,$(PY_VERSIONS)): test-%: venv-% services
 	$(call vpy,$*) -m tests.cpython.runner
+	$(call vpy,$*) -m tests.cpython.runner --flavour proactor
 	$(call vpy,$*) -m pytest tests -q -p no:cacheprovider
 
 # The fallbacks macOS and the BSDs take (the Python selector backend on

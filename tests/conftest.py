@@ -18,6 +18,20 @@ FLAVOURS = {
 }
 
 
+def _io_uring_available() -> bool:
+    try:
+        oxloop.ProactorEventLoop().close()
+    except OSError:
+        return False
+    return True
+
+
+# Where io_uring cannot be had (a seccomp filter, the portable build),
+# tests/test_proactor.py checks the error instead.
+if _io_uring_available():
+    FLAVOURS["oxloop-uring"] = oxloop.ProactorEventLoop
+
+
 @pytest.fixture(params=list(FLAVOURS))
 def flavour(request) -> str:
     return request.param

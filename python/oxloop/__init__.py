@@ -7,7 +7,7 @@ asyncio.set_event_loop_policy(oxloop.EventLoopPolicy())
 
 from ._export import HealthCollector
 from ._health import Health, Lag, SlowCallback, configure_health, health, reset_health
-from ._loop import Loop, SelectorEventLoop, new_event_loop
+from ._loop import Loop, ProactorEventLoop, SelectorEventLoop, new_event_loop
 from ._otel import observe_health
 from ._policy import EventLoopPolicy, install, run
 
@@ -17,6 +17,7 @@ __all__ = (
     "HealthCollector",
     "Lag",
     "Loop",
+    "ProactorEventLoop",
     "SelectorEventLoop",
     "SlowCallback",
     "configure_health",

@@ -179,8 +179,8 @@ class Loop(Engine, asyncio.AbstractEventLoop):
     def __init__(self):
         self._init_loop(None)
 
-    def _init_loop(self, selector):
-        self._open(selector)
+    def _init_loop(self, selector, proactor=False):
+        self._open(selector, proactor)
         if _health.watching or os.environ.get("OXLOOP_HEALTH") == "1":
             _health.configure_health(self, enabled=True)
             if _health.watching:
@@ -452,7 +452,18 @@ class SelectorEventLoop(Loop):
         self._init_loop(selector)
 
 
-Loop.__module__ = SelectorEventLoop.__module__ = "oxloop"
+class ProactorEventLoop(Loop):
+    """A loop on io_uring (Linux): every method of `Loop`, with readiness
+    from io_uring's poll operations. Raises `OSError` saying why where
+    io_uring cannot be had (a seccomp filter such as Docker's default
+    profile, `io_uring_disabled`, a kernel without it, too little lockable
+    memory); the selector loop works there."""
+
+    def __init__(self):
+        self._init_loop(None, proactor=True)
+
+
+Loop.__module__ = SelectorEventLoop.__module__ = ProactorEventLoop.__module__ = "oxloop"
 
 
 if sys.version_info < (3, 12):

@@ -53,8 +53,9 @@ class Engine:
     def __new__(cls, *args: Any, **kwargs: Any) -> Self:
         """A new engine, with no backend until `_open()`."""
 
-    def _open(self, selector: selectors.BaseSelector | None = None) -> None:
-        """Opens the backend: the user's `selector` if given, else native epoll."""
+    def _open(self, selector: selectors.BaseSelector | None = None, proactor: bool = False) -> None:
+        """Opens the backend: the user's `selector` if given, else io_uring for
+        a `proactor`, else the native one."""
 
     def time(self) -> float:
         """`loop.time()`: the monotonic clock."""

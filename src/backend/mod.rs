@@ -6,6 +6,8 @@
 #[cfg(linux_native)]
 pub mod epoll;
 pub mod pyselector;
+#[cfg(linux_native)]
+pub mod uring;
 pub mod waker;
 
 use pyo3::prelude::*;
@@ -87,18 +89,41 @@ pub trait Backend: Send {
     fn reopen(&mut self, waker: Arc<waker::Waker>) -> io::Result<bool>;
 }
 
-/// The backend a loop waits on: the user's `selectors.BaseSelector` when one
-/// was passed to `SelectorEventLoop(selector)`, else the platform's own: epoll
-/// on Linux, and elsewhere (or built `portable`) the Python selector backend
-/// on `selectors.DefaultSelector()` (kqueue on macOS and the BSDs), the
-/// backend this project's tests run on Linux too. `waker` is registered in it.
-pub fn open(selector: Option<Py<PyAny>>, waker: Arc<waker::Waker>) -> PyResult<Box<dyn Backend>> {
-    Ok(match selector {
-        Some(s) => Box::new(pyselector::PySelector::new(s, waker)?),
+/// Which backend a loop waits on.
+pub enum Kind {
+    /// The platform's own: epoll on Linux, and elsewhere (or built
+    /// `portable`) the Python selector backend on
+    /// `selectors.DefaultSelector()` (kqueue on macOS and the BSDs), the
+    /// backend this project's tests run on Linux too.
+    Native,
+    /// The user's `selectors.BaseSelector`, passed to
+    /// `SelectorEventLoop(selector)`.
+    Selector(Py<PyAny>),
+    /// io_uring, for `ProactorEventLoop()`.
+    Uring,
+}
+
+/// Opens the backend of `kind`, with `waker` registered in it.
+pub fn open(kind: Kind, waker: Arc<waker::Waker>) -> PyResult<Box<dyn Backend>> {
+    Ok(match kind {
+        Kind::Selector(s) => Box::new(pyselector::PySelector::new(s, waker)?),
         #[cfg(linux_native)]
-        None => Box::new(epoll::Epoll::new(waker)?),
+        Kind::Native => Box::new(epoll::Epoll::new(waker)?),
         #[cfg(not(linux_native))]
-        None => Box::new(pyselector::PySelector::platform(waker)?),
+        Kind::Native => Box::new(pyselector::PySelector::platform(waker)?),
+        #[cfg(linux_native)]
+        Kind::Uring => Box::new(uring::Uring::new(waker).map_err(|e| {
+            let errno = e.raw_os_error().unwrap_or(0);
+            pyo3::exceptions::PyOSError::new_err((errno, uring::unavailable(&e)))
+        })?),
+        #[cfg(not(linux_native))]
+        Kind::Uring => {
+            return Err(pyo3::exceptions::PyOSError::new_err((
+                libc::ENOSYS,
+                "io_uring is not available: it is Linux's; the selector loop \
+                 (oxloop.new_event_loop()) works here",
+            )))
+        }
     })
 }
 

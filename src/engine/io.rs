@@ -50,9 +50,9 @@ impl Io {
     }
 
     /// Opens the backend ([`backend::open`]), closing one opened before.
-    pub fn open(&self, selector: Option<Py<PyAny>>) -> PyResult<()> {
+    pub fn open(&self, kind: backend::Kind) -> PyResult<()> {
         let waker = Arc::new(Waker::new()?);
-        let backend = backend::open(selector, waker.clone())?;
+        let backend = backend::open(kind, waker.clone())?;
         self.waits_detached.store(backend.waits_detached(), Relaxed);
         self.forks.store(fork::generation(), Relaxed);
         let old = self.backend.lock().replace(backend);

@@ -19,7 +19,7 @@ use super::ready::{Ready, ReadyQueue, PENDING};
 use super::registry::{Registration, Side, Watcher};
 use super::task;
 use super::timers::{monotonic, resolution, seconds, Timers};
-use crate::backend::Event;
+use crate::backend::{self, Event};
 use crate::errors::{closed_error, escapes};
 use crate::health::{clock, Health, SlowCallback};
 use pyo3::exceptions::{PyKeyError, PyOverflowError, PyRuntimeError, PyTypeError};
@@ -743,10 +743,15 @@ impl Engine {
         }
     }
 
-    /// Opens the backend: the user's `selector` if given, else the native one.
-    #[pyo3(signature = (selector=None))]
-    fn _open(&self, selector: Option<Py<PyAny>>) -> PyResult<()> {
-        self.io.open(selector)
+    /// Opens the backend: the user's `selector` if given, else io_uring for
+    /// a `proactor`, else the native one.
+    #[pyo3(signature = (selector=None, proactor=false))]
+    fn _open(&self, selector: Option<Py<PyAny>>, proactor: bool) -> PyResult<()> {
+        self.io.open(match (selector, proactor) {
+            (Some(s), _) => backend::Kind::Selector(s),
+            (None, true) => backend::Kind::Uring,
+            (None, false) => backend::Kind::Native,
+        })
     }
 
     /// `create_future`: an asyncio `Future` on this loop.

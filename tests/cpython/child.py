@@ -18,21 +18,39 @@ import warnings
 import oxloop
 
 
-def use_oxloop() -> None:
-    """Make every loop asyncio creates in this process an oxloop loop."""
-    asyncio.DefaultEventLoopPolicy = oxloop.EventLoopPolicy
-    asyncio.SelectorEventLoop = oxloop.SelectorEventLoop
-    asyncio.unix_events.SelectorEventLoop = oxloop.SelectorEventLoop
-    asyncio.unix_events.DefaultEventLoopPolicy = oxloop.EventLoopPolicy
+class ProactorAsDefault(oxloop.ProactorEventLoop):
+    """The proactor flavour where the tests make asyncio's default loop,
+    `SelectorEventLoop()` or the policy's: a loop given a selector waits on
+    it, as `oxloop.SelectorEventLoop(selector)` does."""
+
+    def __init__(self, selector=None):
+        self._init_loop(selector, proactor=selector is None)
+
+
+class ProactorPolicy(oxloop.EventLoopPolicy):
+    _loop_factory = ProactorAsDefault
+
+
+def use_oxloop(flavour: str) -> None:
+    """Make every loop asyncio creates in this process an oxloop loop, of the
+    proactor flavour for "proactor"."""
+    policy, loop = oxloop.EventLoopPolicy, oxloop.SelectorEventLoop
+    if flavour == "proactor":
+        policy, loop = ProactorPolicy, ProactorAsDefault
+    asyncio.DefaultEventLoopPolicy = policy
+    asyncio.SelectorEventLoop = loop
+    asyncio.unix_events.SelectorEventLoop = loop
+    asyncio.unix_events.DefaultEventLoopPolicy = policy
     if hasattr(asyncio, "EventLoop"):
-        asyncio.EventLoop = oxloop.SelectorEventLoop
-        asyncio.unix_events.EventLoop = oxloop.SelectorEventLoop
+        asyncio.EventLoop = loop
+        asyncio.unix_events.EventLoop = loop
     asyncio.set_event_loop_policy(None)
 
 
-def add_native_tests(module) -> None:
+def add_native_tests(module, native) -> None:
     """Run test_events' loop tests on oxloop's native backend too (its own
-    classes then cover the user-selector backend through SelectorEventLoop),
+    classes then cover the user-selector backend through SelectorEventLoop;
+    `native` makes that loop),
     and test_subprocess's tests with oxloop watching children itself (pidfd,
     then the thread fallback) rather than through a watcher on the policy."""
     from test.test_asyncio import utils as test_utils
@@ -47,7 +65,7 @@ def add_native_tests(module) -> None:
         add(
             "OxloopNativeEventLoopTests",
             events_mixin,
-            create_event_loop=lambda self: oxloop.new_event_loop(),
+            create_event_loop=lambda self: native(),
         )
     subprocess_mixin = getattr(module, "SubprocessMixin", None)
     if subprocess_mixin is not None and sys.platform != "win32":
@@ -60,7 +78,7 @@ def add_native_tests(module) -> None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
                 asyncio.set_child_watcher(None)
-            self.loop = oxloop.new_event_loop()
+            self.loop = native()
             self.set_event_loop(self.loop)
 
         add("OxloopPidfdSubprocessTests", subprocess_mixin, setUp=lambda s: set_up(s, True))
@@ -137,12 +155,14 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--skip", default=None, help="file with test ids not to run")
     parser.add_argument("--timeout", type=float, default=30.0)
+    parser.add_argument("--flavour", choices=("selector", "proactor"), default="selector")
     opts = parser.parse_args()
 
-    use_oxloop()
+    use_oxloop(opts.flavour)
     name = f"test.test_asyncio.{opts.module}"
     module = __import__(name, fromlist=["*"])
-    add_native_tests(module)
+    native = oxloop.ProactorEventLoop if opts.flavour == "proactor" else oxloop.new_event_loop
+    add_native_tests(module, native)
     skip = set()
     if opts.skip:
         with open(opts.skip) as f:

@@ -1,6 +1,6 @@
 """Conformance: CPython's own test.test_asyncio, run on oxloop.
 
-    python -m tests.cpython.runner [--modules a,b] [--json FILE]
+    python -m tests.cpython.runner [--modules a,b] [--json FILE] [--flavour proactor]
 
 Each module runs in its own process (`child.py`) with a per-test timeout and a
 per-module budget; a test that hangs or crashes its process is recorded and the
@@ -36,6 +36,9 @@ EXCLUDED = {
     "test_windows_utils",
 }
 PER_TEST_TIMEOUT = 30.0
+#: Which oxloop loop the tests get (`--flavour`): "selector" (epoll and the
+#: user-selector backend) or "proactor" (`ProactorEventLoop`, io_uring).
+FLAVOUR = "selector"
 MODULE_BUDGET = 240.0
 
 
@@ -98,6 +101,8 @@ def run_module(module: str) -> dict[str, dict]:
                 str(skip),
                 "--timeout",
                 str(PER_TEST_TIMEOUT),
+                "--flavour",
+                FLAVOUR,
             ]
             try:
                 proc = subprocess.run(
@@ -148,11 +153,22 @@ def main() -> int:
     parser.add_argument("--known", default=str(HERE / "known_failures.txt"))
     parser.add_argument("--json", help="write every test's outcome here")
     parser.add_argument("--verbose", action="store_true", help="print failure details")
+    parser.add_argument("--flavour", choices=("selector", "proactor"), default="selector")
     opts = parser.parse_args()
+    global FLAVOUR
+    FLAVOUR = opts.flavour
 
+    if FLAVOUR == "proactor":
+        import oxloop
+
+        try:
+            oxloop.ProactorEventLoop().close()
+        except OSError as e:
+            print(f"conformance {version_tag()} (proactor): not run, {e.strerror}")
+            return 0
     known = load_known(Path(opts.known))
     modules = opts.modules.split(",") if opts.modules else all_modules()
-    print(f"CPython {sys.version.split()[0]}: test.test_asyncio on oxloop")
+    print(f"CPython {sys.version.split()[0]}: test.test_asyncio on oxloop ({FLAVOUR} flavour)")
     print(f"{'module':<26}{'pass':>6}{'fail':>6}{'skip':>6}{'known':>7}{'new':>5}{'secs':>7}")
     totals = dict(passed=0, failed=0, skipped=0, known=0, new=0)
     new_failures, fixed, everything = [], [], {}

@@ -1,0 +1,418 @@
+//! io_uring as the proactor loop's backend. Readiness (`add_reader`,
+//! `add_writer`, the transports' waits) comes from poll operations: each
+//! watched fd has one single-shot poll in flight, armed again at the next
+//! wait after it reported, so an fd that stays ready is reported by every
+//! wait, level-triggered as [`Backend`] promises. The waker is one more
+//! poll, and the wait is one `io_uring_enter` with its timeout.
+//!
+//! A poll in flight holds a reference to its file: a socket closed while
+//! watched stays open in the kernel until its watch is removed (which
+//! cancels the poll at once) or the loop closes.
+
+use super::waker::Waker;
+use super::{Backend, Event, Interest};
+use io_uring::{opcode, squeue, types, IoUring};
+use rustc_hash::FxHashMap;
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Submission queue entries; the completion queue is twice as long, and the
+/// kernel keeps what overflows it (IORING_FEAT_NODROP).
+const ENTRIES: u32 = 256;
+/// The `user_data` of the waker's poll.
+const WAKER: u64 = u64::MAX;
+/// The `user_data` of a poll's removal, whose completion says nothing.
+const REMOVAL: u64 = u64::MAX - 1;
+
+/// One watched fd.
+struct Watch {
+    /// The poll events it is watched for.
+    mask: u32,
+    /// The `user_data` of its current poll: the fd and a generation, so a
+    /// late completion of a poll replaced or removed is told apart.
+    token: u64,
+    /// Whether that poll is in the kernel (submitted or queued to be).
+    in_flight: bool,
+}
+
+/// An io_uring instance with the waker's poll in it.
+pub struct Uring {
+    ring: Option<IoUring>,
+    waker: Arc<Waker>,
+    watched: FxHashMap<RawFd, Watch>,
+    /// Fds whose poll reported since the last wait: armed again by the next
+    /// one while they are still watched.
+    reported: Vec<RawFd>,
+    /// Whether the waker's poll must be armed again.
+    waker_idle: bool,
+    /// The last wait's completions (`user_data`, result), kept for its
+    /// allocation.
+    done: Vec<(u64, i32)>,
+    generation: u32,
+}
+
+fn mask(interest: Interest) -> u32 {
+    let mut m = 0;
+    if interest.readable {
+        m |= libc::POLLIN as u32;
+    }
+    if interest.writable {
+        m |= libc::POLLOUT as u32;
+    }
+    m
+}
+
+/// Why io_uring cannot be had here, from `io_uring_setup`'s error, with
+/// what works instead: the message of the `OSError` `ProactorEventLoop()`
+/// raises.
+pub fn unavailable(err: &io::Error) -> String {
+    let why = match err.raw_os_error() {
+        Some(libc::ENOSYS) => {
+            "the kernel has no io_uring, or a seccomp filter (such as Docker's default \
+             profile) hides it"
+        }
+        Some(libc::EPERM) if disabled_by_sysctl() => {
+            "it is disabled by /proc/sys/kernel/io_uring_disabled"
+        }
+        Some(libc::EPERM) => {
+            "a seccomp filter (such as Docker's default profile) or a security module \
+             denies it"
+        }
+        Some(libc::ENOMEM) => "the ring's memory could not be locked (RLIMIT_MEMLOCK)",
+        _ => "io_uring_setup failed",
+    };
+    format!(
+        "io_uring is not available: {why} ({err}); the selector loop \
+         (oxloop.new_event_loop()) works here"
+    )
+}
+
+fn disabled_by_sysctl() -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").is_ok_and(|s| s.trim() != "0")
+}
+
+/// Refuses what epoll refuses: a regular file or a directory is always
+/// ready, so asyncio's `add_reader` raises `PermissionError` for it.
+fn check_pollable(fd: RawFd) -> io::Result<()> {
+    // SAFETY: `stat` is plain data, for which all zeroes is a valid value.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a live `stat` for fstat to fill in; the result is checked.
+    crate::sys::check(unsafe { libc::fstat(fd, &mut st) })?;
+    match st.st_mode & libc::S_IFMT {
+        libc::S_IFREG | libc::S_IFDIR => Err(io::Error::from_raw_os_error(libc::EPERM)),
+        _ => Ok(()),
+    }
+}
+
+fn closed() -> io::Error {
+    io::Error::from_raw_os_error(libc::EBADF)
+}
+
+impl Uring {
+    /// Creates the ring; `io_uring_setup`'s error where io_uring cannot be
+    /// had (see [`unavailable`]).
+    pub fn new(waker: Arc<Waker>) -> io::Result<Self> {
+        let ring = IoUring::builder()
+            .setup_coop_taskrun()
+            .build(ENTRIES)
+            .or_else(|e| match e.raw_os_error() {
+                // Older than 5.19: no COOP_TASKRUN.
+                Some(libc::EINVAL) => IoUring::new(ENTRIES),
+                _ => Err(e),
+            })?;
+        Ok(Self {
+            ring: Some(ring),
+            waker,
+            watched: FxHashMap::default(),
+            reported: Vec::new(),
+            waker_idle: true,
+            done: Vec::new(),
+            generation: 0,
+        })
+    }
+
+    fn ring(&mut self) -> io::Result<&mut IoUring> {
+        self.ring.as_mut().ok_or_else(closed)
+    }
+
+    /// Queues `entry`, submitting what is queued first when the queue is full.
+    fn push(&mut self, entry: squeue::Entry) -> io::Result<()> {
+        let ring = self.ring()?;
+        loop {
+            // SAFETY: poll operations and their removals point at no memory
+            // of ours.
+            if unsafe { ring.submission().push(&entry) }.is_ok() {
+                return Ok(());
+            }
+            ring.submit()?;
+        }
+    }
+
+    /// Queues a poll of `fd` for `mask` under `token`.
+    fn arm(&mut self, fd: RawFd, mask: u32, token: u64) -> io::Result<()> {
+        self.push(
+            opcode::PollAdd::new(types::Fd(fd), mask)
+                .build()
+                .user_data(token),
+        )
+    }
+
+    /// Cancels the poll queued under `token`: submitted at once, so the
+    /// kernel lets go of the file before the caller closes it.
+    fn cancel(&mut self, token: u64) -> io::Result<()> {
+        self.push(opcode::PollRemove::new(token).build().user_data(REMOVAL))?;
+        self.ring()?.submit().map(drop)
+    }
+
+    fn next_token(&mut self, fd: RawFd) -> u64 {
+        self.generation = self.generation.wrapping_add(1);
+        (u64::from(self.generation) << 32) | u64::from(fd as u32)
+    }
+
+    /// Arms again the polls of the fds reported and still watched, and the
+    /// waker's.
+    fn rearm(&mut self) -> io::Result<()> {
+        if std::mem::take(&mut self.waker_idle) {
+            let fd = self.waker.fd();
+            self.arm(fd, libc::POLLIN as u32, WAKER)?;
+        }
+        while let Some(fd) = self.reported.pop() {
+            let Some(w) = self.watched.get_mut(&fd) else {
+                continue;
+            };
+            if w.in_flight {
+                continue;
+            }
+            w.in_flight = true;
+            let (mask, token) = (w.mask, w.token);
+            self.arm(fd, mask, token)?;
+        }
+        Ok(())
+    }
+}
+
+impl Backend for Uring {
+    fn set_interest(&mut self, fd: RawFd, _old: Interest, new: Interest) -> io::Result<()> {
+        self.ring()?;
+        let current = self.watched.remove(&fd);
+        if let Some(w) = &current {
+            if w.in_flight {
+                self.cancel(w.token)?;
+            }
+        }
+        if new.is_empty() {
+            return Ok(());
+        }
+        if current.is_none() {
+            check_pollable(fd)?;
+        }
+        let (mask, token) = (mask(new), self.next_token(fd));
+        self.arm(fd, mask, token)?;
+        self.watched.insert(
+            fd,
+            Watch {
+                mask,
+                token,
+                in_flight: true,
+            },
+        );
+        Ok(())
+    }
+
+    fn wait(&mut self, timeout: Option<Duration>, events: &mut Vec<Event>) -> io::Result<()> {
+        self.rearm()?;
+        let ring = self.ring.as_mut().ok_or_else(closed)?;
+        let ready = !ring.completion().is_empty();
+        let entered = match timeout {
+            _ if ready => ring.submit(),
+            Some(Duration::ZERO) => ring.submit(),
+            None => ring.submit_and_wait(1),
+            Some(t) => {
+                let ts = types::Timespec::from(t);
+                let args = types::SubmitArgs::new().timespec(&ts);
+                ring.submitter().submit_with_args(1, &args)
+            }
+        };
+        match entered {
+            Ok(_) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EBUSY)) => {}
+            Err(e) => return Err(e),
+        }
+        let mut done = std::mem::take(&mut self.done);
+        done.extend(ring.completion().map(|c| (c.user_data(), c.result())));
+        for (token, res) in done.drain(..) {
+            self.complete(token, res, events);
+        }
+        self.done = done;
+        Ok(())
+    }
+
+    fn waits_detached(&self) -> bool {
+        true
+    }
+
+    fn close(&mut self) {
+        // Dropping the ring cancels every poll in flight.
+        self.ring = None;
+        self.watched.clear();
+        self.reported.clear();
+    }
+
+    fn reopen(&mut self, waker: Arc<Waker>) -> io::Result<bool> {
+        // Dropping the old ring unmaps this process's copy and closes its
+        // fd; the parent's polls stay as they are.
+        *self = Uring::new(waker)?;
+        Ok(true)
+    }
+}
+
+impl Uring {
+    /// Turns one completion into a report, if it is a current poll's.
+    fn complete(&mut self, token: u64, res: i32, events: &mut Vec<Event>) {
+        if token == WAKER {
+            self.waker.drain();
+            self.waker_idle = true;
+            return;
+        }
+        let fd = token as u32 as RawFd;
+        let Some(w) = self.watched.get_mut(&fd) else {
+            return;
+        };
+        if token == REMOVAL || w.token != token {
+            return;
+        }
+        w.in_flight = false;
+        self.reported.push(fd);
+        let bits = if res < 0 {
+            // The fd was closed behind the loop's back: wake its watchers,
+            // whose syscall then says why.
+            (libc::POLLERR | libc::POLLHUP) as u32
+        } else {
+            res as u32
+        };
+        // Errors and hang-ups wake both directions, as `selectors` does.
+        events.push(Event {
+            fd,
+            readable: bits & !(libc::POLLOUT as u32) != 0,
+            writable: bits & !(libc::POLLIN as u32) != 0,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::socketpair;
+    use std::os::fd::AsRawFd;
+
+    const R: Interest = Interest {
+        readable: true,
+        writable: false,
+        oneshot: false,
+    };
+    const W: Interest = Interest {
+        readable: false,
+        writable: true,
+        oneshot: false,
+    };
+    const NONE: Interest = Interest {
+        readable: false,
+        writable: false,
+        oneshot: false,
+    };
+
+    fn send_byte(fd: RawFd) {
+        // SAFETY: writes one byte from a static buffer.
+        assert_eq!(unsafe { libc::write(fd, b"x".as_ptr().cast(), 1) }, 1);
+    }
+
+    fn reported(ring: &mut Uring, timeout: Duration) -> Vec<Event> {
+        let mut evs = Vec::new();
+        ring.wait(Some(timeout), &mut evs).unwrap();
+        evs
+    }
+
+    fn uring() -> Uring {
+        Uring::new(Arc::new(Waker::new().unwrap())).unwrap()
+    }
+
+    #[test]
+    fn reports_readiness_level_triggered() {
+        let mut ring = uring();
+        let (a, b) = socketpair();
+        let fd = a.as_raw_fd();
+        ring.set_interest(fd, NONE, R).unwrap();
+        assert!(reported(&mut ring, Duration::ZERO).is_empty());
+        send_byte(b.as_raw_fd());
+        let ready = Event {
+            fd,
+            readable: true,
+            writable: false,
+        };
+        for _ in 0..3 {
+            assert_eq!(reported(&mut ring, Duration::from_secs(1)), vec![ready]);
+        }
+        ring.set_interest(fd, R, W).unwrap();
+        let evs = reported(&mut ring, Duration::from_secs(1));
+        assert_eq!(evs.len(), 1);
+        assert!(evs[0].writable && !evs[0].readable);
+        ring.set_interest(fd, W, NONE).unwrap();
+        assert!(reported(&mut ring, Duration::from_millis(10)).is_empty());
+    }
+
+    #[test]
+    fn a_wait_ends_at_its_timeout() {
+        let mut ring = uring();
+        let (a, _b) = socketpair();
+        ring.set_interest(a.as_raw_fd(), NONE, R).unwrap();
+        let start = std::time::Instant::now();
+        assert!(reported(&mut ring, Duration::from_millis(20)).is_empty());
+        assert!(start.elapsed() >= Duration::from_millis(20));
+    }
+
+    #[test]
+    fn waker_ends_wait_without_an_event() {
+        let waker = Arc::new(Waker::new().unwrap());
+        let mut ring = Uring::new(waker.clone()).unwrap();
+        for _ in 0..2 {
+            waker.wake();
+            let mut evs = Vec::new();
+            ring.wait(Some(Duration::from_secs(5)), &mut evs).unwrap();
+            assert!(evs.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_removed_watch_lets_go_of_the_socket() {
+        let mut ring = uring();
+        let (a, b) = socketpair();
+        ring.set_interest(a.as_raw_fd(), NONE, R).unwrap();
+        reported(&mut ring, Duration::ZERO);
+        ring.set_interest(a.as_raw_fd(), R, NONE).unwrap();
+        drop(a);
+        // The peer sees the close at once: no poll holds the socket open.
+        let mut byte = 0u8;
+        // SAFETY: reads at most one byte into a local.
+        let n = unsafe { libc::read(b.as_raw_fd(), (&mut byte as *mut u8).cast(), 1) };
+        assert_eq!(n, 0);
+    }
+
+    #[test]
+    fn regular_files_are_refused() {
+        let mut ring = uring();
+        let f = std::fs::File::open("Cargo.toml").unwrap();
+        let err = ring.set_interest(f.as_raw_fd(), NONE, R).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EPERM));
+    }
+
+    #[test]
+    fn a_closed_ring_refuses_work() {
+        let mut ring = uring();
+        ring.close();
+        let (a, _b) = socketpair();
+        let err = ring.set_interest(a.as_raw_fd(), NONE, R).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EBADF));
+    }
+}
