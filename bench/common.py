@@ -12,7 +12,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from oxloop._bench import WITH_HEALTH, baseline, installed, loop_factory  # noqa: F401 (re-exported)
+from oxloop._bench import (  # noqa: F401 (re-exported)
+    URING,
+    WITH_HEALTH,
+    baseline,
+    installed,
+    loop_factory,
+)
+from oxloop._loop import uring_unavailable
 
 TICKS = os.sysconf("SC_CLK_TCK")
 SERVER_CPU, CLIENT_CPU = 0, 1
@@ -24,9 +31,11 @@ RIVALS = ("uvloop", "rloop", "rsloop", "veloxloop")
 
 
 def available_loops() -> list[str]:
-    """oxloop (health figures off, then on), each rival that is installed,
-    and asyncio, in table order."""
-    return ["oxloop", WITH_HEALTH, *installed(RIVALS), "asyncio"]
+    """oxloop (health figures off, then on, then the io_uring flavour where
+    io_uring can be had), each rival that is installed, and asyncio, in
+    table order."""
+    uring = [] if uring_unavailable() else [URING]
+    return ["oxloop", WITH_HEALTH, *uring, *installed(RIVALS), "asyncio"]
 
 
 def start_server(script: Path, *args: str) -> tuple[subprocess.Popen, int]:

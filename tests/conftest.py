@@ -9,6 +9,7 @@ import selectors
 
 import oxloop
 import pytest
+from oxloop._loop import uring_unavailable
 
 FLAVOURS = {
     "asyncio": asyncio.SelectorEventLoop,
@@ -18,17 +19,9 @@ FLAVOURS = {
 }
 
 
-def _io_uring_available() -> bool:
-    try:
-        oxloop.ProactorEventLoop().close()
-    except OSError:
-        return False
-    return True
-
-
 # Where io_uring cannot be had (a seccomp filter, the portable build),
 # tests/test_proactor.py checks the error instead.
-if _io_uring_available():
+if uring_unavailable() is None:
     FLAVOURS["oxloop-uring"] = oxloop.ProactorEventLoop
 
 

@@ -430,6 +430,18 @@ def test_a_socket_closed_while_registered_is_found_by_the_object(loop, side):
     b.close()
 
 
+@pytest.mark.parametrize("side", ["reader", "writer"])
+def test_a_socket_closed_while_watched_is_closed_for_its_peer(loop, side):
+    # The loop must not keep the socket open (an io_uring poll holds its file).
+    a, b = nonblocking_pair()
+    getattr(loop, f"add_{side}")(a, lambda: None)
+    loop.run_until_complete(asyncio.sleep(0.01))
+    a.close()
+    b.settimeout(5)
+    assert b.recv(10) == b""
+    b.close()
+
+
 def test_the_next_socket_with_a_closed_ones_fd_sees_its_events(loop, flavour):
     # A socket closed while registered and never removed: its fd number,
     # reused by the next socket, must not keep the old watcher.

@@ -24,6 +24,8 @@ import time
 
 #: The column of oxloop with its health figures on; "oxloop" has them off.
 WITH_HEALTH = "oxloop+health"
+#: `oxloop.ProactorEventLoop`, the io_uring flavour.
+URING = "oxloop-uring"
 
 
 def loop_factory(name: str):
@@ -40,6 +42,10 @@ def loop_factory(name: str):
             return loop
 
         return new_event_loop
+    if name == URING:
+        import oxloop
+
+        return oxloop.ProactorEventLoop
     return importlib.import_module(name).new_event_loop
 
 

@@ -466,6 +466,17 @@ class ProactorEventLoop(Loop):
 Loop.__module__ = SelectorEventLoop.__module__ = ProactorEventLoop.__module__ = "oxloop"
 
 
+def uring_unavailable() -> str | None:
+    """Why `ProactorEventLoop()` cannot be had here (its `OSError`'s
+    message), or None where it can: for the test and bench runners, which
+    leave the flavour out there."""
+    try:
+        ProactorEventLoop().close()
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
+
+
 if sys.version_info < (3, 12):
     # The oxloop loops running in this process.
     _running = weakref.WeakSet()

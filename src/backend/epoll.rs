@@ -61,6 +61,12 @@ impl Epoll {
         Ok(this)
     }
 
+    /// The epoll fd, for a backend that waits on it (io_uring's); None once
+    /// closed.
+    pub fn fd(&self) -> Option<RawFd> {
+        self.epfd.as_ref().map(AsRawFd::as_raw_fd)
+    }
+
     fn ctl(&mut self, op: libc::c_int, fd: RawFd, events: u32) -> io::Result<()> {
         let epfd = self.epfd.as_ref().ok_or_else(closed)?.as_raw_fd();
         let mut ev = libc::epoll_event {
@@ -210,21 +216,25 @@ mod tests {
         readable: true,
         writable: false,
         oneshot: false,
+        held: false,
     };
     const W: Interest = Interest {
         readable: false,
         writable: true,
         oneshot: false,
+        held: false,
     };
     const NONE: Interest = Interest {
         readable: false,
         writable: false,
         oneshot: false,
+        held: false,
     };
     const R_ONCE: Interest = Interest {
         readable: true,
         writable: false,
         oneshot: true,
+        held: false,
     };
 
     fn send_byte(fd: RawFd) {

@@ -32,6 +32,12 @@ pub struct Interest {
     /// once it reported it and keep it registered while nobody waits, so a
     /// wait costs one call into the OS instead of two.
     pub oneshot: bool,
+    /// Every watcher is a transport's or a child watcher's: the loop's own,
+    /// which stops watching before the fd is closed, so the backend may
+    /// hold the fd's file while it is watched (io_uring's poll operations
+    /// do). A user's `add_reader` or `sock_*` wait may outlive its fd (the
+    /// user closes the socket), and a closed socket must close.
+    pub held: bool,
 }
 
 impl Interest {

@@ -1,14 +1,15 @@
-//! io_uring as the proactor loop's backend. Readiness (`add_reader`,
-//! `add_writer`, the transports' waits) comes from poll operations: each
-//! watched fd has one single-shot poll in flight, armed again at the next
-//! wait after it reported, so an fd that stays ready is reported by every
-//! wait, level-triggered as [`Backend`] promises. The waker is one more
-//! poll, and the wait is one `io_uring_enter` with its timeout.
-//!
-//! A poll in flight holds a reference to its file: a socket closed while
-//! watched stays open in the kernel until its watch is removed (which
-//! cancels the poll at once) or the loop closes.
+//! io_uring as the proactor loop's backend. The loop's own fds (transports,
+//! child watchers: [`Interest::held`]) are watched by poll operations: each
+//! has one single-shot poll in flight, armed again at the next wait after it
+//! reported, so an fd that stays ready is reported by every wait,
+//! level-triggered as [`Backend`] promises; removing a watch cancels its
+//! poll at once. A poll in flight holds a reference to its file, so the fds
+//! a user may close while watched (`add_reader`, `sock_*` waits) are in an
+//! epoll set instead, which a close leaves by itself; that set and the waker
+//! in it are one more poll. The wait is one `io_uring_enter` with its
+//! timeout, or a plain epoll wait while no poll operation is in flight.
 
+use super::epoll::Epoll;
 use super::waker::Waker;
 use super::{Backend, Event, Interest};
 use io_uring::{opcode, squeue, types, IoUring};
@@ -21,8 +22,8 @@ use std::time::Duration;
 /// Submission queue entries; the completion queue is twice as long, and the
 /// kernel keeps what overflows it (IORING_FEAT_NODROP).
 const ENTRIES: u32 = 256;
-/// The `user_data` of the waker's poll.
-const WAKER: u64 = u64::MAX;
+/// The `user_data` of the epoll set's poll.
+const EPOLL: u64 = u64::MAX;
 /// The `user_data` of a poll's removal, whose completion says nothing.
 const REMOVAL: u64 = u64::MAX - 1;
 
@@ -37,16 +38,17 @@ struct Watch {
     in_flight: bool,
 }
 
-/// An io_uring instance with the waker's poll in it.
+/// An io_uring instance, and the epoll set (with the waker) it polls.
 pub struct Uring {
     ring: Option<IoUring>,
-    waker: Arc<Waker>,
+    epoll: Epoll,
+    /// The fds watched by poll operations.
     watched: FxHashMap<RawFd, Watch>,
     /// Fds whose poll reported since the last wait: armed again by the next
     /// one while they are still watched.
     reported: Vec<RawFd>,
-    /// Whether the waker's poll must be armed again.
-    waker_idle: bool,
+    /// Whether the epoll set's poll must be armed again.
+    epoll_idle: bool,
     /// The last wait's completions (`user_data`, result), kept for its
     /// allocation.
     done: Vec<(u64, i32)>,
@@ -124,10 +126,10 @@ impl Uring {
             })?;
         Ok(Self {
             ring: Some(ring),
-            waker,
+            epoll: Epoll::new(waker)?,
             watched: FxHashMap::default(),
             reported: Vec::new(),
-            waker_idle: true,
+            epoll_idle: true,
             done: Vec::new(),
             generation: 0,
         })
@@ -166,17 +168,28 @@ impl Uring {
         self.ring()?.submit().map(drop)
     }
 
+    /// Stops watching `fd` by poll operations; what it was watched for.
+    fn unwatch(&mut self, fd: RawFd) -> io::Result<Option<u32>> {
+        let Some(w) = self.watched.remove(&fd) else {
+            return Ok(None);
+        };
+        if w.in_flight {
+            self.cancel(w.token)?;
+        }
+        Ok(Some(w.mask))
+    }
+
     fn next_token(&mut self, fd: RawFd) -> u64 {
         self.generation = self.generation.wrapping_add(1);
         (u64::from(self.generation) << 32) | u64::from(fd as u32)
     }
 
     /// Arms again the polls of the fds reported and still watched, and the
-    /// waker's.
+    /// epoll set's.
     fn rearm(&mut self) -> io::Result<()> {
-        if std::mem::take(&mut self.waker_idle) {
-            let fd = self.waker.fd();
-            self.arm(fd, libc::POLLIN as u32, WAKER)?;
+        if std::mem::take(&mut self.epoll_idle) {
+            let fd = self.epoll.fd().ok_or_else(closed)?;
+            self.arm(fd, libc::POLLIN as u32, EPOLL)?;
         }
         while let Some(fd) = self.reported.pop() {
             let Some(w) = self.watched.get_mut(&fd) else {
@@ -194,18 +207,21 @@ impl Uring {
 }
 
 impl Backend for Uring {
-    fn set_interest(&mut self, fd: RawFd, _old: Interest, new: Interest) -> io::Result<()> {
+    fn set_interest(&mut self, fd: RawFd, old: Interest, new: Interest) -> io::Result<()> {
         self.ring()?;
-        let current = self.watched.remove(&fd);
-        if let Some(w) = &current {
-            if w.in_flight {
-                self.cancel(w.token)?;
+        let polled = !new.is_empty() && new.held;
+        if !old.is_empty() && !old.held && (polled || new.is_empty()) {
+            self.epoll.set_interest(fd, old, Interest::default())?;
+        }
+        if !polled {
+            self.unwatch(fd)?;
+            if new.is_empty() {
+                return Ok(());
             }
+            let known = if old.held { Interest::default() } else { old };
+            return self.epoll.set_interest(fd, known, new);
         }
-        if new.is_empty() {
-            return Ok(());
-        }
-        if current.is_none() {
+        if self.unwatch(fd)?.is_none() {
             check_pollable(fd)?;
         }
         let (mask, token) = (mask(new), self.next_token(fd));
@@ -222,6 +238,12 @@ impl Backend for Uring {
     }
 
     fn wait(&mut self, timeout: Option<Duration>, events: &mut Vec<Event>) -> io::Result<()> {
+        self.ring()?;
+        if self.watched.is_empty() && self.epoll_idle {
+            // Only the late completions of polls removed are left to reap.
+            self.ring()?.completion().for_each(drop);
+            return self.epoll.wait(timeout, events);
+        }
         self.rearm()?;
         let ring = self.ring.as_mut().ok_or_else(closed)?;
         let ready = !ring.completion().is_empty();
@@ -242,11 +264,17 @@ impl Backend for Uring {
         }
         let mut done = std::mem::take(&mut self.done);
         done.extend(ring.completion().map(|c| (c.user_data(), c.result())));
+        let mut result = Ok(());
         for (token, res) in done.drain(..) {
-            self.complete(token, res, events);
+            if token == EPOLL {
+                self.epoll_idle = true;
+                result = self.epoll.wait(Some(Duration::ZERO), events);
+            } else {
+                self.complete(token, res, events);
+            }
         }
         self.done = done;
-        Ok(())
+        result
     }
 
     fn waits_detached(&self) -> bool {
@@ -256,6 +284,7 @@ impl Backend for Uring {
     fn close(&mut self) {
         // Dropping the ring cancels every poll in flight.
         self.ring = None;
+        self.epoll.close();
         self.watched.clear();
         self.reported.clear();
     }
@@ -271,11 +300,6 @@ impl Backend for Uring {
 impl Uring {
     /// Turns one completion into a report, if it is a current poll's.
     fn complete(&mut self, token: u64, res: i32, events: &mut Vec<Event>) {
-        if token == WAKER {
-            self.waker.drain();
-            self.waker_idle = true;
-            return;
-        }
         let fd = token as u32 as RawFd;
         let Some(w) = self.watched.get_mut(&fd) else {
             return;
@@ -311,16 +335,26 @@ mod tests {
         readable: true,
         writable: false,
         oneshot: false,
+        held: true,
     };
     const W: Interest = Interest {
         readable: false,
         writable: true,
         oneshot: false,
+        held: true,
     };
     const NONE: Interest = Interest {
         readable: false,
         writable: false,
         oneshot: false,
+        held: false,
+    };
+    /// A user's watch: in the epoll set.
+    const USER_R: Interest = Interest {
+        readable: true,
+        writable: false,
+        oneshot: false,
+        held: false,
     };
 
     fn send_byte(fd: RawFd) {
@@ -400,11 +434,56 @@ mod tests {
     }
 
     #[test]
+    fn a_user_s_socket_closed_while_watched_closes() {
+        let mut ring = uring();
+        let (a, b) = socketpair();
+        let (c, d) = socketpair();
+        // One fd each way: the wait goes through the ring.
+        ring.set_interest(a.as_raw_fd(), NONE, USER_R).unwrap();
+        ring.set_interest(c.as_raw_fd(), NONE, R).unwrap();
+        send_byte(b.as_raw_fd());
+        send_byte(d.as_raw_fd());
+        let mut fds: Vec<_> = reported(&mut ring, Duration::from_secs(1))
+            .iter()
+            .map(|e| e.fd)
+            .collect();
+        while fds.len() < 2 {
+            fds.extend(
+                reported(&mut ring, Duration::from_secs(1))
+                    .iter()
+                    .map(|e| e.fd),
+            );
+        }
+        fds.sort();
+        let mut both = vec![a.as_raw_fd(), c.as_raw_fd()];
+        both.sort();
+        assert_eq!(fds, both);
+        // Level-triggered on both sides.
+        assert_eq!(reported(&mut ring, Duration::from_secs(1)).len(), 2);
+        // The user reads what came and closes `a` without removing its
+        // watch: the peer sees the close.
+        let mut buf = [0u8; 2];
+        // SAFETY: reads at most two bytes into a local buffer.
+        assert_eq!(
+            unsafe { libc::read(a.as_raw_fd(), buf.as_mut_ptr().cast(), 2) },
+            1
+        );
+        drop(a);
+        // SAFETY: reads at most two bytes into a local buffer.
+        let n = unsafe { libc::read(b.as_raw_fd(), buf.as_mut_ptr().cast(), 2) };
+        assert_eq!(n, 0, "{}", io::Error::last_os_error());
+    }
+
+    #[test]
     fn regular_files_are_refused() {
         let mut ring = uring();
         let f = std::fs::File::open("Cargo.toml").unwrap();
-        let err = ring.set_interest(f.as_raw_fd(), NONE, R).unwrap_err();
-        assert_eq!(err.raw_os_error(), Some(libc::EPERM));
+        for interest in [R, USER_R] {
+            let err = ring
+                .set_interest(f.as_raw_fd(), NONE, interest)
+                .unwrap_err();
+            assert_eq!(err.raw_os_error(), Some(libc::EPERM));
+        }
     }
 
     #[test]

@@ -193,11 +193,18 @@ fn interest_of(reader: Option<&Watcher>, writer: Option<&Watcher>) -> Interest {
         Some(Watcher::Handle(_)) => false,
         None => true,
     };
+    let held = |w: Option<&Watcher>| match w {
+        Some(Watcher::Native(t)) => !t.oneshot(),
+        Some(Watcher::Handle(_)) => false,
+        None => true,
+    };
     let (readable, writable) = (reader.is_some(), writer.is_some());
+    let any = readable || writable;
     Interest {
         readable,
         writable,
-        oneshot: (readable || writable) && oneshot(reader) && oneshot(writer),
+        oneshot: any && oneshot(reader) && oneshot(writer),
+        held: any && held(reader) && held(writer),
     }
 }
 
