@@ -13,7 +13,11 @@ import threading
 
 import pytest
 
-pytestmark = pytest.mark.parametrize("flavour", ["oxloop", "asyncio"], indirect=True)
+from .conftest import FLAVOURS
+
+pytestmark = pytest.mark.parametrize(
+    "flavour", [f for f in ("oxloop", "oxloop-uring", "asyncio") if f in FLAVOURS], indirect=True
+)
 
 
 def test_signal_burst_keeps_the_loop_responsive(loop):
@@ -49,6 +53,9 @@ import asyncio, sys
 if sys.argv[1] == "oxloop":
     import oxloop
     factory = oxloop.new_event_loop
+elif sys.argv[1] == "oxloop-uring":
+    import oxloop
+    factory = oxloop.ProactorEventLoop
 else:
     factory = asyncio.SelectorEventLoop
 print("running", flush=True)
@@ -72,3 +79,44 @@ def test_ctrl_c_interrupts_a_blocked_loop(flavour):
     out, _ = proc.communicate(timeout=30)
     timer.join()
     assert out == "interrupted\n"
+
+
+class Alarm(Exception):
+    pass
+
+
+def test_a_python_signal_handler_runs_while_the_loop_waits_on_a_transport(loop):
+    # signal.signal, no wakeup fd: the wait must end for the handler to run,
+    # and here it is the first one after a transport's read (on io_uring, a
+    # wait that also submitted the read's next poll).
+    import socket
+
+    def on_alarm(signum, frame):
+        raise Alarm
+
+    previous = signal.signal(signal.SIGUSR1, on_alarm)
+    # To the loop's thread, blocked in its wait (pytest-timeout owns SIGALRM).
+    timer = threading.Timer(
+        0.3, signal.pthread_kill, (threading.main_thread().ident, signal.SIGUSR1)
+    )
+    a, b = socket.socketpair()
+    got = []
+
+    class Reader(asyncio.Protocol):
+        def data_received(self, data):
+            got.append(data)
+
+    async def main():
+        await loop.connect_accepted_socket(Reader, a)
+        loop.call_later(0.05, b.send, b"x")
+        timer.start()
+        await asyncio.sleep(30)
+
+    try:
+        with pytest.raises(Alarm):
+            loop.run_until_complete(main())
+        assert got == [b"x"]
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGUSR1, previous)
+        b.close()

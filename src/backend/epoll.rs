@@ -78,8 +78,9 @@ impl Epoll {
     }
 
     /// Arms again the one-shot fds that were reported and are still watched
-    /// (their watcher found nothing to do and waits on).
-    fn rearm(&mut self) -> io::Result<()> {
+    /// (their watcher found nothing to do and waits on); done by every wait,
+    /// and by a backend that waits on the epoll fd before it does.
+    pub(super) fn rearm(&mut self) -> io::Result<()> {
         while let Some(fd) = self.fired.pop() {
             let Some((events, fired)) = self.armed.get_mut(&fd) else {
                 continue;

@@ -119,8 +119,13 @@ pub fn open(kind: Kind, waker: Arc<waker::Waker>) -> PyResult<Box<dyn Backend>> 
         Kind::Native => Box::new(pyselector::PySelector::platform(waker)?),
         #[cfg(linux_native)]
         Kind::Uring => Box::new(uring::Uring::new(waker).map_err(|e| {
-            let errno = e.raw_os_error().unwrap_or(0);
-            pyo3::exceptions::PyOSError::new_err((errno, uring::unavailable(&e)))
+            match e
+                .get_ref()
+                .and_then(|i| i.downcast_ref::<uring::Unavailable>())
+            {
+                Some(u) => pyo3::exceptions::PyOSError::new_err((u.errno, u.message.clone())),
+                None => e.into(),
+            }
         })?),
         #[cfg(not(linux_native))]
         Kind::Uring => {

@@ -19,9 +19,13 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Submission queue entries; the completion queue is twice as long, and the
-/// kernel keeps what overflows it (IORING_FEAT_NODROP).
+/// Submission queue entries.
 const ENTRIES: u32 = 256;
+/// Completion queue entries: a busy server has a poll in flight per
+/// connection. The kernel keeps what overflows it (IORING_FEAT_NODROP) as
+/// long as it can allocate; past that a wait says EBADR and every poll is
+/// armed afresh.
+const CQ_ENTRIES: u32 = 16384;
 /// The `user_data` of the epoll set's poll.
 const EPOLL: u64 = u64::MAX;
 /// The `user_data` of a poll's removal, whose completion says nothing.
@@ -66,33 +70,64 @@ fn mask(interest: Interest) -> u32 {
     m
 }
 
-/// Why io_uring cannot be had here, from `io_uring_setup`'s error, with
-/// what works instead: the message of the `OSError` `ProactorEventLoop()`
-/// raises.
-pub fn unavailable(err: &io::Error) -> String {
-    let why = match err.raw_os_error() {
-        Some(libc::ENOSYS) => {
-            "the kernel has no io_uring, or a seccomp filter (such as Docker's default \
-             profile) hides it"
-        }
-        Some(libc::EPERM) if disabled_by_sysctl() => {
-            "it is disabled by /proc/sys/kernel/io_uring_disabled"
-        }
-        Some(libc::EPERM) => {
-            "a seccomp filter (such as Docker's default profile) or a security module \
-             denies it"
-        }
-        Some(libc::ENOMEM) => "the ring's memory could not be locked (RLIMIT_MEMLOCK)",
-        _ => "io_uring_setup failed",
-    };
-    format!(
-        "io_uring is not available: {why} ({err}); the selector loop \
-         (oxloop.new_event_loop()) works here"
-    )
+/// io_uring cannot be had here: the errno and message of the `OSError`
+/// `ProactorEventLoop()` raises, saying why and what works instead.
+#[derive(Debug)]
+pub struct Unavailable {
+    /// `io_uring_setup`'s errno (ENOSYS for a kernel too old).
+    pub errno: i32,
+    /// Why, and that the selector loop works.
+    pub message: String,
 }
 
-fn disabled_by_sysctl() -> bool {
-    std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").is_ok_and(|s| s.trim() != "0")
+impl std::fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Unavailable {}
+
+impl Unavailable {
+    fn error(errno: i32, why: &str, detail: &str) -> io::Error {
+        let message = format!(
+            "io_uring is not available: {why}{detail}; the selector loop \
+             (oxloop.new_event_loop()) works here"
+        );
+        let kind = io::Error::from_raw_os_error(errno).kind();
+        io::Error::new(kind, Unavailable { errno, message })
+    }
+
+    /// From `io_uring_setup`'s error.
+    fn setup_failed(err: io::Error) -> io::Error {
+        let why = match err.raw_os_error() {
+            Some(libc::ENOSYS) => {
+                "the kernel has no io_uring, or a seccomp filter (such as Docker's default \
+                 profile) hides it"
+            }
+            Some(libc::EPERM) => match sysctl_disabled().as_deref() {
+                Some("2") => "it is disabled by /proc/sys/kernel/io_uring_disabled",
+                Some("1") => {
+                    "/proc/sys/kernel/io_uring_disabled restricts it to the \
+                     kernel.io_uring_group group, or a seccomp filter denies it"
+                }
+                _ => {
+                    "a seccomp filter (such as Docker's default profile) or a security \
+                     module denies it"
+                }
+            },
+            Some(libc::ENOMEM) => "the ring's memory could not be locked (RLIMIT_MEMLOCK)",
+            _ => "io_uring_setup failed",
+        };
+        let errno = err.raw_os_error().unwrap_or(libc::EIO);
+        Self::error(errno, why, &format!(" ({err})"))
+    }
+}
+
+/// `/proc/sys/kernel/io_uring_disabled`, where the kernel has it.
+fn sysctl_disabled() -> Option<String> {
+    let value = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").ok()?;
+    Some(value.trim().to_owned())
 }
 
 /// Refuses what epoll refuses: a regular file or a directory is always
@@ -113,20 +148,27 @@ fn closed() -> io::Error {
 }
 
 impl Uring {
-    /// Creates the ring; `io_uring_setup`'s error where io_uring cannot be
-    /// had (see [`unavailable`]).
+    /// Creates the ring and the epoll set; an [`Unavailable`] error where
+    /// io_uring cannot be had. No setup flags: COOP_TASKRUN and
+    /// DEFER_TASKRUN post completions through the thread that submitted, and
+    /// a loop may be run by one thread after another.
     pub fn new(waker: Arc<Waker>) -> io::Result<Self> {
+        let epoll = Epoll::new(waker)?;
         let ring = IoUring::builder()
-            .setup_coop_taskrun()
+            .setup_cqsize(CQ_ENTRIES)
             .build(ENTRIES)
-            .or_else(|e| match e.raw_os_error() {
-                // Older than 5.19: no COOP_TASKRUN.
-                Some(libc::EINVAL) => IoUring::new(ENTRIES),
-                _ => Err(e),
-            })?;
+            .map_err(Unavailable::setup_failed)?;
+        if !ring.params().is_feature_ext_arg() {
+            // A wait's timeout is IORING_ENTER_EXT_ARG's (Linux 5.11).
+            return Err(Unavailable::error(
+                libc::ENOSYS,
+                "the kernel's io_uring is older than Linux 5.11 (no IORING_FEAT_EXT_ARG)",
+                "",
+            ));
+        }
         Ok(Self {
             ring: Some(ring),
-            epoll: Epoll::new(waker)?,
+            epoll,
             watched: FxHashMap::default(),
             reported: Vec::new(),
             epoll_idle: true,
@@ -139,16 +181,24 @@ impl Uring {
         self.ring.as_mut().ok_or_else(closed)
     }
 
-    /// Queues `entry`, submitting what is queued first when the queue is full.
+    /// Queues `entry`, submitting what is queued first when the queue is
+    /// full (and, when the kernel wants room for completions first, moving
+    /// them to [`Uring::done`] for the next wait).
     fn push(&mut self, entry: squeue::Entry) -> io::Result<()> {
-        let ring = self.ring()?;
+        let ring = self.ring.as_mut().ok_or_else(closed)?;
         loop {
             // SAFETY: poll operations and their removals point at no memory
             // of ours.
             if unsafe { ring.submission().push(&entry) }.is_ok() {
                 return Ok(());
             }
-            ring.submit()?;
+            match ring.submit() {
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EAGAIN)) => {
+                    let cq = ring.completion();
+                    self.done.extend(cq.map(|c| (c.user_data(), c.result())));
+                }
+                r => drop(r?),
+            }
         }
     }
 
@@ -186,21 +236,47 @@ impl Uring {
 
     /// Arms again the polls of the fds reported and still watched, and the
     /// epoll set's.
+    /// One-shot fds of the epoll set that reported are armed in it again
+    /// too: a disarmed one would never make the set readable.
     fn rearm(&mut self) -> io::Result<()> {
-        if std::mem::take(&mut self.epoll_idle) {
+        self.epoll.rearm()?;
+        if self.epoll_idle {
             let fd = self.epoll.fd().ok_or_else(closed)?;
             self.arm(fd, libc::POLLIN as u32, EPOLL)?;
+            self.epoll_idle = false;
         }
-        while let Some(fd) = self.reported.pop() {
+        while let Some(&fd) = self.reported.last() {
+            if let Some(w) = self.watched.get(&fd).filter(|w| !w.in_flight) {
+                let (mask, token) = (w.mask, w.token);
+                self.arm(fd, mask, token)?;
+                if let Some(w) = self.watched.get_mut(&fd) {
+                    w.in_flight = true;
+                }
+            }
+            self.reported.pop();
+        }
+        Ok(())
+    }
+
+    /// The kernel dropped completions (EBADR): every poll is cancelled and
+    /// armed afresh at the next wait, under a new token.
+    fn rearm_all(&mut self) -> io::Result<()> {
+        let fds: Vec<RawFd> = self.watched.keys().copied().collect();
+        for fd in fds {
+            let token = self.next_token(fd);
             let Some(w) = self.watched.get_mut(&fd) else {
                 continue;
             };
-            if w.in_flight {
-                continue;
+            let old = std::mem::replace(&mut w.token, token);
+            let in_flight = std::mem::take(&mut w.in_flight);
+            if in_flight {
+                self.push(opcode::PollRemove::new(old).build().user_data(REMOVAL))?;
             }
-            w.in_flight = true;
-            let (mask, token) = (w.mask, w.token);
-            self.arm(fd, mask, token)?;
+            self.reported.push(fd);
+        }
+        if !self.epoll_idle {
+            self.push(opcode::PollRemove::new(EPOLL).build().user_data(REMOVAL))?;
+            self.epoll_idle = true;
         }
         Ok(())
     }
@@ -241,15 +317,16 @@ impl Backend for Uring {
         self.ring()?;
         if self.watched.is_empty() && self.epoll_idle {
             // Only the late completions of polls removed are left to reap.
+            self.done.clear();
             self.ring()?.completion().for_each(drop);
             return self.epoll.wait(timeout, events);
         }
         self.rearm()?;
         let ring = self.ring.as_mut().ok_or_else(closed)?;
-        let ready = !ring.completion().is_empty();
+        let ready = !ring.completion().is_empty() || !self.done.is_empty();
+        let blocking = !ready && timeout != Some(Duration::ZERO);
         let entered = match timeout {
-            _ if ready => ring.submit(),
-            Some(Duration::ZERO) => ring.submit(),
+            _ if !blocking => ring.submit(),
             None => ring.submit_and_wait(1),
             Some(t) => {
                 let ts = types::Timespec::from(t);
@@ -260,7 +337,14 @@ impl Backend for Uring {
         match entered {
             Ok(_) => {}
             Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EBUSY)) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EBADR) => return self.rearm_all(),
             Err(e) => return Err(e),
+        }
+        let ring = self.ring.as_mut().ok_or_else(closed)?;
+        if blocking && ring.completion().is_empty() {
+            // A wait that submitted returns the count submitted, not that a
+            // signal (or the timeout) ended it: the engine checks signals.
+            return Err(io::ErrorKind::Interrupted.into());
         }
         let mut done = std::mem::take(&mut self.done);
         done.extend(ring.completion().map(|c| (c.user_data(), c.result())));
@@ -290,8 +374,10 @@ impl Backend for Uring {
     }
 
     fn reopen(&mut self, waker: Arc<Waker>) -> io::Result<bool> {
-        // Dropping the old ring unmaps this process's copy and closes its
-        // fd; the parent's polls stay as they are.
+        // Closing unmaps this process's copy of the parent's ring (so no
+        // later call writes into it, even if a new ring cannot be made) and
+        // closes its fd; the parent's polls stay as they are.
+        self.close();
         *self = Uring::new(waker)?;
         Ok(true)
     }
@@ -362,9 +448,14 @@ mod tests {
         assert_eq!(unsafe { libc::write(fd, b"x".as_ptr().cast(), 1) }, 1);
     }
 
+    /// What one wait reports; a wait that may have been ended by a signal
+    /// (as the engine takes it: signals checked, nothing reported) is empty.
     fn reported(ring: &mut Uring, timeout: Duration) -> Vec<Event> {
         let mut evs = Vec::new();
-        ring.wait(Some(timeout), &mut evs).unwrap();
+        match ring.wait(Some(timeout), &mut evs) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => assert!(evs.is_empty()),
+            r => r.unwrap(),
+        }
         evs
     }
 
@@ -412,9 +503,9 @@ mod tests {
         let mut ring = Uring::new(waker.clone()).unwrap();
         for _ in 0..2 {
             waker.wake();
-            let mut evs = Vec::new();
-            ring.wait(Some(Duration::from_secs(5)), &mut evs).unwrap();
-            assert!(evs.is_empty());
+            let start = std::time::Instant::now();
+            assert!(reported(&mut ring, Duration::from_secs(5)).is_empty());
+            assert!(start.elapsed() < Duration::from_secs(5));
         }
     }
 
@@ -464,14 +555,35 @@ mod tests {
         // watch: the peer sees the close.
         let mut buf = [0u8; 2];
         // SAFETY: reads at most two bytes into a local buffer.
-        assert_eq!(
-            unsafe { libc::read(a.as_raw_fd(), buf.as_mut_ptr().cast(), 2) },
-            1
-        );
+        let n = unsafe { libc::read(a.as_raw_fd(), buf.as_mut_ptr().cast(), 2) };
+        assert_eq!(n, 1);
         drop(a);
         // SAFETY: reads at most two bytes into a local buffer.
         let n = unsafe { libc::read(b.as_raw_fd(), buf.as_mut_ptr().cast(), 2) };
         assert_eq!(n, 0, "{}", io::Error::last_os_error());
+    }
+
+    #[test]
+    fn a_one_shot_wait_still_watched_is_reported_again() {
+        // A `sock_*` wait that found nothing to do waits on, in the epoll
+        // set, while a transport's fd has a poll operation.
+        let mut ring = uring();
+        let (a, b) = socketpair();
+        let (c, _d) = socketpair();
+        let once = Interest {
+            oneshot: true,
+            ..USER_R
+        };
+        ring.set_interest(c.as_raw_fd(), NONE, R).unwrap();
+        ring.set_interest(a.as_raw_fd(), NONE, once).unwrap();
+        send_byte(b.as_raw_fd());
+        for _ in 0..3 {
+            let fds: Vec<_> = reported(&mut ring, Duration::from_secs(1))
+                .iter()
+                .map(|e| e.fd)
+                .collect();
+            assert_eq!(fds, vec![a.as_raw_fd()]);
+        }
     }
 
     #[test]
