@@ -488,3 +488,29 @@ def test_a_transport_paused_by_another_callback_of_the_iteration_reads_nothing(l
     loop.run_until_complete(main())
     for _, b in pairs:
         b.close()
+
+
+def test_a_loop_run_by_another_thread_hears_its_transport(loop):
+    # The transport's watch was armed by this thread's waits; the next run
+    # is another thread's (while this one blocks in join).
+    import threading
+
+    a, b = socket.socketpair()
+    got = []
+
+    class Reader(asyncio.Protocol):
+        def data_received(self, data):
+            got.append(data)
+            loop.stop()
+
+    loop.run_until_complete(loop.connect_accepted_socket(Reader, a))
+    loop.run_until_complete(asyncio.sleep(0.01))
+    runner = threading.Thread(target=loop.run_forever)
+    runner.start()
+    b.send(b"x")
+    runner.join(30)
+    if runner.is_alive():
+        loop.call_soon_threadsafe(loop.stop)
+        runner.join()
+    assert got == [b"x"]
+    b.close()

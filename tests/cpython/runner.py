@@ -211,8 +211,8 @@ def main() -> int:
         if opts.verbose:
             print(rec.get("detail", ""))
     print(
-        f"conformance {version_tag()}: {totals['passed']} passed, {totals['failed']} failed "
-        f"({totals['known']} known), {totals['skipped']} skipped"
+        f"conformance {version_tag()} ({FLAVOUR}): {totals['passed']} passed, "
+        f"{totals['failed']} failed ({totals['known']} known), {totals['skipped']} skipped"
     )
     return 1 if new_failures else 0
 
