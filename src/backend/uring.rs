@@ -255,6 +255,7 @@ impl Uring {
 
     /// Arms again the polls of the fds reported and still watched, and the
     /// epoll set's.
+    ///
     /// One-shot fds of the epoll set that reported are armed in it again
     /// too: a disarmed one would never make the set readable.
     fn rearm(&mut self) -> io::Result<()> {
