@@ -14,3 +14,40 @@ pub fn socketpair() -> (OwnedFd, OwnedFd) {
     // SAFETY: both fds were just created and are owned here.
     unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
 }
+
+/// What the native backends' tests watch for, and the byte they send.
+#[cfg(linux_native)]
+pub mod watch {
+    use crate::backend::Interest;
+    use std::os::fd::RawFd;
+
+    /// A user's read watch (`add_reader`).
+    pub const R: Interest = Interest {
+        readable: true,
+        writable: false,
+        oneshot: false,
+        held: false,
+    };
+    /// A user's write watch (`add_writer`).
+    pub const W: Interest = Interest {
+        readable: false,
+        writable: true,
+        oneshot: false,
+        held: false,
+    };
+    /// Nothing watched.
+    pub const NONE: Interest = Interest {
+        readable: false,
+        writable: false,
+        oneshot: false,
+        held: false,
+    };
+    /// A `sock_*` wait for reading.
+    pub const R_ONCE: Interest = Interest { oneshot: true, ..R };
+
+    /// Writes one byte to `fd`.
+    pub fn send_byte(fd: RawFd) {
+        // SAFETY: writes one byte from a static buffer.
+        assert_eq!(unsafe { libc::write(fd, b"x".as_ptr().cast(), 1) }, 1);
+    }
+}

@@ -30,17 +30,6 @@ pub struct Epoll {
     lone: bool,
 }
 
-fn mask(interest: Interest) -> u32 {
-    let mut m = 0;
-    if interest.readable {
-        m |= libc::EPOLLIN as u32;
-    }
-    if interest.writable {
-        m |= libc::EPOLLOUT as u32;
-    }
-    m
-}
-
 impl Epoll {
     /// Creates the epoll fd and registers `waker` in it.
     pub fn new(waker: Arc<Waker>) -> io::Result<Self> {
@@ -127,7 +116,7 @@ impl Backend for Epoll {
             };
         }
         let registered = !old.is_empty() || self.parked.remove(&fd);
-        let mut events = mask(new);
+        let mut events = new.poll_events();
         if new.oneshot {
             events |= libc::EPOLLONESHOT as u32;
             self.armed.insert(fd, (events, false));
@@ -178,13 +167,7 @@ impl Backend for Epoll {
                     self.fired.push(fd);
                 }
             }
-            // Errors and hang-ups wake both directions, as `selectors` does.
-            let bits = ev.events;
-            events.push(Event {
-                fd,
-                readable: bits & !(libc::EPOLLOUT as u32) != 0,
-                writable: bits & !(libc::EPOLLIN as u32) != 0,
-            });
+            events.push(Event::from_revents(fd, ev.events));
         }
         Ok(())
     }
@@ -212,36 +195,7 @@ impl Backend for Epoll {
 mod tests {
     use super::*;
     use crate::testing::socketpair;
-
-    const R: Interest = Interest {
-        readable: true,
-        writable: false,
-        oneshot: false,
-        held: false,
-    };
-    const W: Interest = Interest {
-        readable: false,
-        writable: true,
-        oneshot: false,
-        held: false,
-    };
-    const NONE: Interest = Interest {
-        readable: false,
-        writable: false,
-        oneshot: false,
-        held: false,
-    };
-    const R_ONCE: Interest = Interest {
-        readable: true,
-        writable: false,
-        oneshot: true,
-        held: false,
-    };
-
-    fn send_byte(fd: RawFd) {
-        // SAFETY: writes one byte from a static buffer.
-        assert_eq!(unsafe { libc::write(fd, b"x".as_ptr().cast(), 1) }, 1);
-    }
+    use crate::testing::watch::{send_byte, NONE, R, R_ONCE, W};
 
     fn reported(ep: &mut Epoll, timeout: Duration) -> Vec<Event> {
         let mut evs = Vec::new();

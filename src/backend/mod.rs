@@ -45,6 +45,19 @@ impl Interest {
     pub fn is_empty(self) -> bool {
         !self.readable && !self.writable
     }
+
+    /// The `poll` events to watch for (epoll's `EPOLLIN` and `EPOLLOUT`
+    /// are the same bits).
+    pub fn poll_events(self) -> u32 {
+        let mut m = 0;
+        if self.readable {
+            m |= libc::POLLIN as u32;
+        }
+        if self.writable {
+            m |= libc::POLLOUT as u32;
+        }
+        m
+    }
 }
 
 /// One readiness report for a registered fd.
@@ -56,6 +69,18 @@ pub struct Event {
     pub readable: bool,
     /// Writing will not block (or an error/hang-up is pending).
     pub writable: bool,
+}
+
+impl Event {
+    /// The report of `revents` (`poll`'s, or epoll's same bits): errors and
+    /// hang-ups wake both directions, as `selectors` does.
+    pub fn from_revents(fd: RawFd, revents: u32) -> Self {
+        Event {
+            fd,
+            readable: revents & !(libc::POLLOUT as u32) != 0,
+            writable: revents & !(libc::POLLIN as u32) != 0,
+        }
+    }
 }
 
 /// The boundary between the engine and the OS's waiting primitive.

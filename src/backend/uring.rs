@@ -66,17 +66,6 @@ pub struct Uring {
     generation: u32,
 }
 
-fn mask(interest: Interest) -> u32 {
-    let mut m = 0;
-    if interest.readable {
-        m |= libc::POLLIN as u32;
-    }
-    if interest.writable {
-        m |= libc::POLLOUT as u32;
-    }
-    m
-}
-
 /// io_uring cannot be had here: the errno and message of the `OSError`
 /// `ProactorEventLoop()` raises, saying why and what works instead.
 #[derive(Debug)]
@@ -237,15 +226,15 @@ impl Uring {
         self.ring()?.submit().map(drop)
     }
 
-    /// Stops watching `fd` by poll operations; what it was watched for.
-    fn unwatch(&mut self, fd: RawFd) -> io::Result<Option<u32>> {
+    /// Stops watching `fd` by poll operations; whether it was.
+    fn unwatch(&mut self, fd: RawFd) -> io::Result<bool> {
         let Some(w) = self.watched.remove(&fd) else {
-            return Ok(None);
+            return Ok(false);
         };
         if w.in_flight {
             self.cancel(w.token)?;
         }
-        Ok(Some(w.mask))
+        Ok(true)
     }
 
     fn next_token(&mut self, fd: RawFd) -> u64 {
@@ -321,10 +310,10 @@ impl Backend for Uring {
             let known = if old.held { Interest::default() } else { old };
             return self.epoll.set_interest(fd, known, new);
         }
-        if self.unwatch(fd)?.is_none() {
+        if !self.unwatch(fd)? {
             check_pollable(fd)?;
         }
-        let (mask, token) = (mask(new), self.next_token(fd));
+        let (mask, token) = (new.poll_events(), self.next_token(fd));
         self.arm(fd, mask, token)?;
         self.watched.insert(
             fd,
@@ -431,12 +420,7 @@ impl Uring {
         } else {
             res as u32
         };
-        // Errors and hang-ups wake both directions, as `selectors` does.
-        events.push(Event {
-            fd,
-            readable: bits & !(libc::POLLOUT as u32) != 0,
-            writable: bits & !(libc::POLLIN as u32) != 0,
-        });
+        events.push(Event::from_revents(fd, bits));
     }
 }
 
@@ -444,38 +428,20 @@ impl Uring {
 mod tests {
     use super::*;
     use crate::testing::socketpair;
+    use crate::testing::watch::{self, send_byte, NONE};
     use std::os::fd::AsRawFd;
 
+    /// The loop's own watches: poll operations.
     const R: Interest = Interest {
-        readable: true,
-        writable: false,
-        oneshot: false,
         held: true,
+        ..watch::R
     };
     const W: Interest = Interest {
-        readable: false,
-        writable: true,
-        oneshot: false,
         held: true,
-    };
-    const NONE: Interest = Interest {
-        readable: false,
-        writable: false,
-        oneshot: false,
-        held: false,
+        ..watch::W
     };
     /// A user's watch: in the epoll set.
-    const USER_R: Interest = Interest {
-        readable: true,
-        writable: false,
-        oneshot: false,
-        held: false,
-    };
-
-    fn send_byte(fd: RawFd) {
-        // SAFETY: writes one byte from a static buffer.
-        assert_eq!(unsafe { libc::write(fd, b"x".as_ptr().cast(), 1) }, 1);
-    }
+    const USER_R: Interest = watch::R;
 
     /// What one wait reports; a wait that may have been ended by a signal
     /// (as the engine takes it: signals checked, nothing reported) is empty.
@@ -599,10 +565,7 @@ mod tests {
         let mut ring = uring();
         let (a, b) = socketpair();
         let (c, _d) = socketpair();
-        let once = Interest {
-            oneshot: true,
-            ..USER_R
-        };
+        let once = watch::R_ONCE;
         ring.set_interest(c.as_raw_fd(), NONE, R).unwrap();
         ring.set_interest(a.as_raw_fd(), NONE, once).unwrap();
         send_byte(b.as_raw_fd());
