@@ -27,6 +27,7 @@ pub mod watch {
         writable: false,
         oneshot: false,
         held: false,
+        receive: false,
     };
     /// A user's write watch (`add_writer`).
     pub const W: Interest = Interest {
@@ -34,6 +35,7 @@ pub mod watch {
         writable: true,
         oneshot: false,
         held: false,
+        receive: false,
     };
     /// Nothing watched.
     pub const NONE: Interest = Interest {
@@ -41,6 +43,7 @@ pub mod watch {
         writable: false,
         oneshot: false,
         held: false,
+        receive: false,
     };
     /// A `sock_*` wait for reading.
     pub const R_ONCE: Interest = Interest { oneshot: true, ..R };

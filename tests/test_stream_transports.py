@@ -514,3 +514,113 @@ def test_a_loop_run_by_another_thread_hears_its_transport(loop):
         runner.join()
     assert got == [b"x"]
     b.close()
+
+
+class Taking(asyncio.BufferedProtocol):
+    """Takes bytes through a small buffer, pausing its transport every few
+    calls and resuming it on the next iteration."""
+
+    def __init__(self, loop, size):
+        self.loop = loop
+        self.buf = bytearray(size)
+        self.data = bytearray()
+        self.calls = 0
+        self.eof = loop.create_future()
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def get_buffer(self, sizehint):
+        return self.buf
+
+    def buffer_updated(self, nbytes):
+        self.took(bytes(self.buf[:nbytes]))
+
+    def took(self, data):
+        self.data += data
+        self.calls += 1
+        if self.calls % 3 == 0:
+            self.transport.pause_reading()
+            self.loop.call_soon(self.transport.resume_reading)
+
+    def eof_received(self):
+        self.eof.set_result(None)
+
+
+class TakingPlain(Taking, asyncio.Protocol):
+    def data_received(self, data):
+        self.took(data)
+
+
+@pytest.mark.parametrize("kind", [Taking, TakingPlain])
+def test_a_transport_paused_and_resumed_gets_every_byte_in_order(loop, kind):
+    a, b = socket.socketpair()
+    sent = bytes(range(256)) * 4096
+
+    async def main():
+        a.setblocking(False)
+        _, proto = await loop.connect_accepted_socket(lambda: kind(loop, 7777), a)
+        await loop.sock_sendall(b, sent)
+        b.shutdown(socket.SHUT_WR)
+        await asyncio.wait_for(proto.eof, 30)
+        assert proto.data == sent
+        proto.transport.close()
+
+    b.setblocking(False)
+    loop.run_until_complete(main())
+    b.close()
+
+
+def test_what_arrives_while_paused_goes_to_the_protocol_set_meanwhile(loop):
+    # start_tls's order: pause, set_protocol, resume.
+    a, b = socket.socketpair()
+    second = Collect(loop)
+
+    class First(Collect):
+        def data_received(self, data):
+            super().data_received(data)
+            self.transport.pause_reading()
+
+    async def main():
+        a.setblocking(False)
+        transport, first = await loop.connect_accepted_socket(lambda: First(loop), a)
+        b.send(b"one")
+        while not first.data:
+            await asyncio.sleep(0.01)
+        b.send(b"two")
+        await asyncio.sleep(0.05)
+        assert first.data == b"one"
+        transport.set_protocol(second)
+        transport.resume_reading()
+        b.shutdown(socket.SHUT_WR)
+        await asyncio.wait_for(second.lost, 30)
+        assert second.data == b"two"
+        assert second.events == ["eof", "lost"]
+
+    loop.run_until_complete(main())
+    b.close()
+
+
+def test_a_transport_closed_with_bytes_unread_lets_go_of_its_socket(loop, open_fds):
+    a, b = socket.socketpair()
+    before = open_fds()
+
+    async def main():
+        a.setblocking(False)
+        transport, proto = await loop.connect_accepted_socket(lambda: Collect(loop), a)
+        transport.pause_reading()
+        b.send(b"never read" * 1000)
+        await asyncio.sleep(0.05)
+        transport.close()
+        await asyncio.wait_for(proto.lost, 30)
+        assert proto.data == b""
+
+    loop.run_until_complete(main())
+    b.settimeout(10)
+    # The peer sees the close (a reset, since bytes were left unread).
+    try:
+        assert b.recv(10) == b""
+    except ConnectionResetError:
+        pass
+    b.close()
+    assert open_fds() <= before - 2

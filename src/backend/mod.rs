@@ -4,6 +4,8 @@
 //! report readiness through the same [`Event`]) are interchangeable.
 
 #[cfg(linux_native)]
+pub mod bufring;
+#[cfg(linux_native)]
 pub mod epoll;
 pub mod pyselector;
 #[cfg(linux_native)]
@@ -38,6 +40,11 @@ pub struct Interest {
     /// do). A user's `add_reader` or `sock_*` wait may outlive its fd (the
     /// user closes the socket), and a closed socket must close.
     pub held: bool,
+    /// The reader takes the bytes themselves (a socket transport's): a
+    /// backend that receives for it ([`Backend::receives`]) reads into its
+    /// own buffers and reports them as [`Event::received`]; another
+    /// reports readiness. Only with `held`.
+    pub receive: bool,
 }
 
 impl Interest {
@@ -60,15 +67,31 @@ impl Interest {
     }
 }
 
-/// One readiness report for a registered fd.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What a backend that receives ([`Interest::receive`]) read for an fd.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Received {
+    /// Bytes, in a buffer of the backend's, lent until the chunk drops.
+    #[cfg(linux_native)]
+    Data(bufring::Chunk),
+    /// The peer closed its side.
+    Eof,
+    /// The receive failed with this errno.
+    Error(i32),
+}
+
+/// One report for a registered fd: readiness, or what was received.
+#[derive(Debug, PartialEq, Eq)]
 pub struct Event {
     /// The fd the report is about.
     pub fd: RawFd,
-    /// Reading will not block (or an error/hang-up is pending).
+    /// Reading will not block (or an error/hang-up is pending); set too
+    /// when `received` is.
     pub readable: bool,
     /// Writing will not block (or an error/hang-up is pending).
     pub writable: bool,
+    /// What was received for the fd's reader, in order with the fd's
+    /// other reports.
+    pub received: Option<Received>,
 }
 
 impl Event {
@@ -79,6 +102,17 @@ impl Event {
             fd,
             readable: revents & !(libc::POLLOUT as u32) != 0,
             writable: revents & !(libc::POLLIN as u32) != 0,
+            received: None,
+        }
+    }
+
+    /// The report of what was received for `fd`'s reader.
+    pub fn received(fd: RawFd, received: Received) -> Self {
+        Event {
+            fd,
+            readable: true,
+            writable: false,
+            received: Some(received),
         }
     }
 }
@@ -109,6 +143,18 @@ pub trait Backend: Send {
     fn unlocked_wait(&self) -> Option<UnlockedWait> {
         None
     }
+
+    /// Whether the backend receives for readers that ask it to
+    /// ([`Interest::receive`]); false (the default): it reports readiness.
+    fn receives(&self) -> bool {
+        false
+    }
+
+    /// What the backend had received for `fd` and not yet reported when
+    /// its reader stopped receiving (a `set_interest` that dropped
+    /// [`Interest::receive`]), in order: the stopped reader's, appended to
+    /// `into`.
+    fn take_received(&mut self, _fd: RawFd, _into: &mut Vec<Received>) {}
 
     /// Releases what the backend holds from the OS (or the user's selector).
     fn close(&mut self);

@@ -146,6 +146,7 @@ fn select(
                     fd,
                     readable: bits & EVENT_READ != 0,
                     writable: bits & EVENT_WRITE != 0,
+                    received: None,
                 });
             }
         }

@@ -9,13 +9,14 @@
 //! in it are one more poll. The wait is one `io_uring_enter` with its
 //! timeout, or a plain epoll wait while no poll operation is in flight.
 
+use super::bufring::{self, BufRing};
 use super::epoll::Epoll;
 use super::waker::Waker;
-use super::{Backend, Event, Interest};
-use io_uring::{opcode, squeue, types, IoUring};
+use super::{Backend, Event, Interest, Received};
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use rustc_hash::FxHashMap;
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,20 +33,56 @@ const EPOLL_FD: RawFd = -1;
 /// The `user_data` of a poll's removal, whose completion says nothing.
 const REMOVAL: u64 = u64::MAX - 1;
 
+/// How long stopping a receive waits for its last completions before it
+/// gives them up (they can be held up only by another thread that armed
+/// it and does not enter the kernel).
+const REAP_LIMIT: Duration = Duration::from_secs(1);
+
 /// One watched fd.
+#[derive(Default)]
 struct Watch {
-    /// The poll events it is watched for.
+    /// The poll events it is watched for (none when only received for).
     mask: u32,
     /// The `user_data` of its current poll: the fd and a generation, so a
     /// late completion of a poll replaced or removed is told apart.
     token: u64,
     /// Whether that poll is in the kernel (submitted or queued to be).
     in_flight: bool,
+    /// Its multishot receive, when its reader takes the bytes.
+    recv: Option<Recv>,
 }
+
+/// The multishot receive of one fd ([`Interest::receive`]).
+#[derive(Default)]
+struct Recv {
+    /// The `user_data` of the current receive.
+    token: u64,
+    /// Whether it is in the kernel; one that ended (out of buffers, or
+    /// cancelled by its thread's exit) is armed again by the next wait.
+    live: bool,
+    /// It ended for good (end of file, an error): not armed again.
+    ended: bool,
+    /// Receives cancelled to be armed afresh (see `rearm_all`) whose last
+    /// completions are still to come: what they received is the fd's too.
+    retiring: Vec<u64>,
+}
+
+impl Recv {
+    /// Whether `token` is one of this fd's receives.
+    fn owns(&self, token: u64) -> bool {
+        (self.live && self.token == token) || self.retiring.contains(&token)
+    }
+}
+
+/// One completion: `user_data`, result and flags.
+type Completion = (u64, i32, u32);
 
 /// An io_uring instance, and the epoll set (with the waker) it polls.
 pub struct Uring {
     ring: Option<IoUring>,
+    /// The buffers receives pick from; None where the kernel has no
+    /// multishot receive (before Linux 6.0): readers are polled.
+    bufs: Option<Arc<BufRing>>,
     epoll: Epoll,
     /// The fds watched by poll operations.
     watched: FxHashMap<RawFd, Watch>,
@@ -60,9 +97,12 @@ pub struct Uring {
     /// posted through it (task work; with COOP_TASKRUN, only when it next
     /// enters the kernel), so a wait on another thread arms them afresh.
     armed_by: Option<std::thread::ThreadId>,
-    /// The last wait's completions (`user_data`, result), kept for its
-    /// allocation.
-    done: Vec<(u64, i32)>,
+    /// Completions reaped but not yet handled (kept for the allocation).
+    done: Vec<Completion>,
+    /// What stopped receives had received, for `take_received`.
+    leftover: Vec<(RawFd, Received)>,
+    /// Receives whose end could not be awaited: the buffers stay mapped.
+    unreaped: bool,
     generation: u32,
 }
 
@@ -172,8 +212,11 @@ impl Uring {
                 "",
             ));
         }
+        let mut ring = ring;
+        let bufs = buffer_ring(&mut ring);
         Ok(Self {
             ring: Some(ring),
+            bufs,
             epoll,
             watched: FxHashMap::default(),
             reported: Vec::new(),
@@ -181,6 +224,8 @@ impl Uring {
             epoll_token: 0,
             armed_by: None,
             done: Vec::new(),
+            leftover: Vec::new(),
+            unreaped: false,
             generation: 0,
         })
     }
@@ -195,15 +240,15 @@ impl Uring {
     fn push(&mut self, entry: squeue::Entry) -> io::Result<()> {
         let ring = self.ring.as_mut().ok_or_else(closed)?;
         loop {
-            // SAFETY: poll operations and their removals point at no memory
-            // of ours.
+            // SAFETY: polls, receives and their cancellations point at no
+            // memory of ours: a receive's buffers are the ring's, which
+            // outlives every receive (see `close`).
             if unsafe { ring.submission().push(&entry) }.is_ok() {
                 return Ok(());
             }
             match ring.submit() {
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EAGAIN)) => {
-                    let cq = ring.completion();
-                    self.done.extend(cq.map(|c| (c.user_data(), c.result())));
+                    self.done.extend(ring.completion().map(completion));
                 }
                 r => drop(r?),
             }
@@ -226,11 +271,14 @@ impl Uring {
         self.ring()?.submit().map(drop)
     }
 
-    /// Stops watching `fd` by poll operations; whether it was.
+    /// Stops watching `fd` by poll operations and receives; whether it was.
     fn unwatch(&mut self, fd: RawFd) -> io::Result<bool> {
-        let Some(w) = self.watched.remove(&fd) else {
+        let Some(mut w) = self.watched.remove(&fd) else {
             return Ok(false);
         };
+        if let Some(recv) = w.recv.take() {
+            self.stop_receiving(fd, recv)?;
+        }
         if w.in_flight {
             self.cancel(w.token)?;
         }
@@ -242,8 +290,95 @@ impl Uring {
         (u64::from(self.generation) << 32) | u64::from(fd as u32)
     }
 
-    /// Arms again the polls of the fds reported and still watched, and the
-    /// epoll set's.
+    /// Queues the multishot receive of `fd` under `token`.
+    fn arm_recv(&mut self, fd: RawFd, token: u64) -> io::Result<()> {
+        self.push(
+            opcode::RecvMulti::new(types::Fd(fd), bufring::GROUP)
+                .build()
+                .user_data(token),
+        )
+    }
+
+    /// Cancels the receives of `fd` and waits for their last completions,
+    /// so that the kernel reads no more from the socket for this reader and
+    /// lets go of its file before the caller closes it. What they received
+    /// (after the completions already reported) is kept for
+    /// `take_received`, in order.
+    fn stop_receiving(&mut self, fd: RawFd, recv: Recv) -> io::Result<()> {
+        let mut live = recv.retiring;
+        if recv.live {
+            live.push(recv.token);
+        }
+        let earlier = std::mem::take(&mut self.done);
+        for c in earlier {
+            if live.contains(&c.0) {
+                self.leftover_of(fd, c, &mut live);
+            } else {
+                self.done.push(c);
+            }
+        }
+        for &token in &live {
+            self.push(opcode::AsyncCancel::new(token).build().user_data(REMOVAL))?;
+        }
+        let deadline = std::time::Instant::now() + REAP_LIMIT;
+        let mut submitted = false;
+        while !live.is_empty() {
+            let ring = self.ring.as_mut().ok_or_else(closed)?;
+            let reaped: Vec<Completion> = ring.completion().map(completion).collect();
+            for c in reaped {
+                if live.contains(&c.0) {
+                    self.leftover_of(fd, c, &mut live);
+                } else {
+                    self.done.push(c);
+                }
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if live.is_empty() || (submitted && left.is_zero()) {
+                break;
+            }
+            let ring = self.ring.as_mut().ok_or_else(closed)?;
+            let ts = types::Timespec::from(left.min(Duration::from_millis(10)));
+            let args = types::SubmitArgs::new().timespec(&ts);
+            match ring.submitter().submit_with_args(1, &args) {
+                Ok(_) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR)) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+                Err(e) => return Err(e),
+            }
+            submitted = true;
+        }
+        self.unreaped |= !live.is_empty();
+        Ok(())
+    }
+
+    /// Keeps what completion `c` of a stopped receive of `fd` received;
+    /// its last one leaves `live`.
+    fn leftover_of(&mut self, fd: RawFd, (token, res, flags): Completion, live: &mut Vec<u64>) {
+        if !cqueue::more(flags) {
+            live.retain(|&t| t != token);
+        }
+        if let Some(received) = self.received(res, flags) {
+            self.leftover.push((fd, received));
+        }
+    }
+
+    /// What a receive's completion says: bytes (the buffer lent), the end
+    /// of the file, an error; None for the ends that only mean arming it
+    /// again (out of buffers, cancelled).
+    fn received(&self, res: i32, flags: u32) -> Option<Received> {
+        let chunk = cqueue::buffer_select(flags)
+            .zip(self.bufs.as_ref())
+            .map(|(bid, bufs)| bufs.lend(bid, res.max(0) as usize));
+        match res {
+            n if n > 0 => chunk.map(Received::Data),
+            0 => Some(Received::Eof),
+            e if e == -libc::ENOBUFS || e == -libc::ECANCELED => None,
+            e => Some(Received::Error(-e)),
+        }
+    }
+
+    /// Arms again the polls and receives of the fds reported and still
+    /// watched, and the epoll set's.
     ///
     /// One-shot fds of the epoll set that reported are armed in it again
     /// too: a disarmed one would never make the set readable.
@@ -257,11 +392,21 @@ impl Uring {
             self.epoll_idle = false;
         }
         while let Some(&fd) = self.reported.last() {
-            if let Some(w) = self.watched.get(&fd).filter(|w| !w.in_flight) {
-                let (mask, token) = (w.mask, w.token);
-                self.arm(fd, mask, token)?;
+            if let Some(w) = self.watched.get(&fd) {
+                let poll = (w.mask != 0 && !w.in_flight).then_some((w.mask, w.token));
+                let recv = w.recv.as_ref().filter(|r| !r.live && !r.ended);
+                let recv = recv.map(|r| r.token);
+                if let Some((mask, token)) = poll {
+                    self.arm(fd, mask, token)?;
+                }
+                if let Some(token) = recv {
+                    self.arm_recv(fd, token)?;
+                }
                 if let Some(w) = self.watched.get_mut(&fd) {
-                    w.in_flight = true;
+                    w.in_flight |= poll.is_some();
+                    if let (Some(r), true) = (w.recv.as_mut(), recv.is_some()) {
+                        r.live = true;
+                    }
                 }
             }
             self.reported.pop();
@@ -270,19 +415,27 @@ impl Uring {
     }
 
     /// The kernel dropped completions (EBADR), or another thread waits now:
-    /// every poll is cancelled and armed afresh by the next wait, under a
-    /// new token.
+    /// every poll and receive is cancelled and armed afresh by the next
+    /// wait, under a new token (a cancelled receive's last completions are
+    /// still its fd's).
     fn rearm_all(&mut self) -> io::Result<()> {
         let fds: Vec<RawFd> = self.watched.keys().copied().collect();
         for fd in fds {
-            let token = self.next_token(fd);
+            let (token, recv_token) = (self.next_token(fd), self.next_token(fd));
             let Some(w) = self.watched.get_mut(&fd) else {
                 continue;
             };
             let old = std::mem::replace(&mut w.token, token);
-            let in_flight = std::mem::take(&mut w.in_flight);
-            if in_flight {
-                self.push(opcode::PollRemove::new(old).build().user_data(REMOVAL))?;
+            let mut cancel = std::mem::take(&mut w.in_flight).then_some(old);
+            let mut cancel_recv = None;
+            if let Some(r) = w.recv.as_mut().filter(|r| r.live) {
+                let old = std::mem::replace(&mut r.token, recv_token);
+                r.retiring.push(old);
+                r.live = false;
+                cancel_recv = Some(old);
+            }
+            for old in [cancel.take(), cancel_recv].into_iter().flatten() {
+                self.push(opcode::AsyncCancel::new(old).build().user_data(REMOVAL))?;
             }
             self.reported.push(fd);
         }
@@ -292,6 +445,111 @@ impl Uring {
             self.epoll_idle = true;
         }
         Ok(())
+    }
+
+    /// Lets go of the ring: with `cancel`, its receives are stopped first,
+    /// so the kernel writes into no buffer once they are unmapped; the
+    /// buffers of receives that could not be awaited stay mapped. A forked
+    /// child does not cancel: the ring's operations are its parent's.
+    fn release(&mut self, cancel: bool) {
+        if cancel && self.ring.is_some() {
+            let receiving: Vec<RawFd> = self
+                .watched
+                .iter()
+                .filter(|(_, w)| w.recv.is_some())
+                .map(|(&fd, _)| fd)
+                .collect();
+            for fd in receiving {
+                let recv = self.watched.get_mut(&fd).and_then(|w| w.recv.take());
+                if let Some(recv) = recv {
+                    self.unreaped |= self.stop_receiving(fd, recv).is_err();
+                }
+            }
+        }
+        // Dropping the ring cancels every operation in flight.
+        self.ring = None;
+        self.epoll.close();
+        self.watched.clear();
+        self.reported.clear();
+        self.leftover.clear();
+        self.done.clear();
+        if let Some(bufs) = self.bufs.take() {
+            if cancel && self.unreaped {
+                std::mem::forget(bufs);
+            }
+        }
+    }
+}
+
+/// The `user_data` of the receive that probes for multishot receive.
+const PROBE: u64 = u64::MAX - 2;
+
+/// The buffer ring, where the kernel has multishot receive into one
+/// (Linux 6.0; the ring itself is 5.19's): a receive armed on a fresh
+/// socket pair with a byte waiting must report it and go on. None: readers
+/// are polled.
+fn buffer_ring(ring: &mut IoUring) -> Option<Arc<BufRing>> {
+    let bufs = BufRing::register(ring).ok()?;
+    let mut fds = [0; 2];
+    let flags = libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+    // SAFETY: `fds` has room for the two descriptors; the result is checked.
+    if unsafe { libc::socketpair(libc::AF_UNIX, flags, 0, fds.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: both fds were just created and are owned here.
+    let pair = unsafe { [OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])] };
+    // SAFETY: writes one byte from a static buffer.
+    unsafe { libc::write(pair[1].as_raw_fd(), b"x".as_ptr().cast(), 1) };
+    let entry = opcode::RecvMulti::new(types::Fd(pair[0].as_raw_fd()), bufring::GROUP)
+        .build()
+        .user_data(PROBE);
+    // SAFETY: the receive's buffers are the ring's, alive until it ends.
+    unsafe { ring.submission().push(&entry) }.ok()?;
+    let mut works = None;
+    let mut ended = false;
+    for _ in 0..100 {
+        let ts = types::Timespec::from(Duration::from_millis(10));
+        let args = types::SubmitArgs::new().timespec(&ts);
+        let _ = ring.submitter().submit_with_args(1, &args);
+        let reaped: Vec<Completion> = ring.completion().map(completion).collect();
+        for (token, res, flags) in reaped {
+            if token != PROBE {
+                continue;
+            }
+            if let Some(bid) = cqueue::buffer_select(flags) {
+                drop(bufs.lend(bid, 0));
+            }
+            ended |= !cqueue::more(flags);
+            if works.is_none() {
+                works = Some(res == 1 && !ended);
+                let cancel = opcode::AsyncCancel::new(PROBE).build().user_data(REMOVAL);
+                // SAFETY: a cancellation points at no memory of ours.
+                let _ = unsafe { ring.submission().push(&cancel) };
+            }
+        }
+        if ended {
+            break;
+        }
+    }
+    match (works, ended) {
+        (Some(true), true) => Some(bufs),
+        // A receive that may still write into the buffers keeps them.
+        (_, false) => {
+            std::mem::forget(bufs);
+            None
+        }
+        _ => None,
+    }
+}
+
+/// A completion queue entry as `(user_data, result, flags)`.
+fn completion(c: cqueue::Entry) -> Completion {
+    (c.user_data(), c.result(), c.flags())
+}
+
+impl Drop for Uring {
+    fn drop(&mut self) {
+        self.release(true);
     }
 }
 
@@ -310,19 +568,43 @@ impl Backend for Uring {
             let known = if old.held { Interest::default() } else { old };
             return self.epoll.set_interest(fd, known, new);
         }
-        if !self.unwatch(fd)? {
-            check_pollable(fd)?;
+        let mut w = match self.watched.remove(&fd) {
+            Some(w) => w,
+            None => {
+                check_pollable(fd)?;
+                Watch::default()
+            }
+        };
+        let receive = new.receive && self.bufs.is_some();
+        let mut mask = new.poll_events();
+        if receive {
+            mask &= !(libc::POLLIN as u32);
         }
-        let (mask, token) = (new.poll_events(), self.next_token(fd));
-        self.arm(fd, mask, token)?;
-        self.watched.insert(
-            fd,
-            Watch {
-                mask,
-                token,
-                in_flight: true,
-            },
-        );
+        if mask != w.mask || (mask != 0 && !w.in_flight) {
+            if std::mem::take(&mut w.in_flight) {
+                self.cancel(w.token)?;
+            }
+            w.mask = mask;
+            if mask != 0 {
+                w.token = self.next_token(fd);
+                self.arm(fd, mask, w.token)?;
+                w.in_flight = true;
+            }
+        }
+        match (w.recv.take(), receive) {
+            (Some(recv), false) => self.stop_receiving(fd, recv)?,
+            (None, true) => {
+                let token = self.next_token(fd);
+                self.arm_recv(fd, token)?;
+                w.recv = Some(Recv {
+                    token,
+                    live: true,
+                    ..Recv::default()
+                });
+            }
+            (recv, _) => w.recv = recv,
+        }
+        self.watched.insert(fd, w);
         Ok(())
     }
 
@@ -365,14 +647,14 @@ impl Backend for Uring {
             return Err(io::ErrorKind::Interrupted.into());
         }
         let mut done = std::mem::take(&mut self.done);
-        done.extend(ring.completion().map(|c| (c.user_data(), c.result())));
+        done.extend(ring.completion().map(completion));
         let mut result = Ok(());
-        for (token, res) in done.drain(..) {
+        for (token, res, flags) in done.drain(..) {
             if token == self.epoll_token {
                 self.epoll_idle = true;
                 result = self.epoll.wait(Some(Duration::ZERO), events);
             } else {
-                self.complete(token, res, events);
+                self.complete(token, res, flags, events);
             }
         }
         self.done = done;
@@ -383,34 +665,55 @@ impl Backend for Uring {
         true
     }
 
+    fn receives(&self) -> bool {
+        self.bufs.is_some()
+    }
+
+    fn take_received(&mut self, fd: RawFd, into: &mut Vec<Received>) {
+        if self.leftover.is_empty() {
+            return;
+        }
+        let (mine, others): (Vec<_>, Vec<_>) = std::mem::take(&mut self.leftover)
+            .into_iter()
+            .partition(|(f, _)| *f == fd);
+        self.leftover = others;
+        into.extend(mine.into_iter().map(|(_, r)| r));
+    }
+
     fn close(&mut self) {
-        // Dropping the ring cancels every poll in flight.
-        self.ring = None;
-        self.epoll.close();
-        self.watched.clear();
-        self.reported.clear();
+        self.release(true);
     }
 
     fn reopen(&mut self, waker: Arc<Waker>) -> io::Result<bool> {
-        // Closing unmaps this process's copy of the parent's ring (so no
+        // Letting go unmaps this process's copy of the parent's ring (so no
         // later call writes into it, even if a new ring cannot be made) and
-        // closes its fd; the parent's polls stay as they are.
-        self.close();
+        // closes its fd; the parent's operations stay as they are.
+        self.release(false);
         *self = Uring::new(waker)?;
         Ok(true)
     }
 }
 
 impl Uring {
-    /// Turns one completion into a report, if it is a current poll's.
-    fn complete(&mut self, token: u64, res: i32, events: &mut Vec<Event>) {
-        let fd = token as u32 as RawFd;
-        let Some(w) = self.watched.get_mut(&fd) else {
-            return;
-        };
-        if token == REMOVAL || w.token != token {
+    /// Turns one completion into a report, if it is a current poll's or
+    /// one of a watched fd's receives'.
+    fn complete(&mut self, token: u64, res: i32, flags: u32, events: &mut Vec<Event>) {
+        if token == REMOVAL || token == PROBE {
             return;
         }
+        let fd = token as u32 as RawFd;
+        let watch = self.watched.get(&fd);
+        if watch
+            .and_then(|w| w.recv.as_ref())
+            .is_some_and(|r| r.owns(token))
+        {
+            return self.complete_recv(fd, token, res, flags, events);
+        }
+        let Some(w) = self.watched.get_mut(&fd).filter(|w| w.token == token) else {
+            // A stale receive's buffer goes back to the ring.
+            drop(self.received(res, flags));
+            return;
+        };
         w.in_flight = false;
         self.reported.push(fd);
         let bits = if res < 0 {
@@ -421,6 +724,38 @@ impl Uring {
             res as u32
         };
         events.push(Event::from_revents(fd, bits));
+    }
+
+    /// A completion of one of `fd`'s receives: what it received is
+    /// reported; a receive that ended for want of buffers (or was cancelled
+    /// by its thread's exit) is armed again by the next wait.
+    fn complete_recv(
+        &mut self,
+        fd: RawFd,
+        token: u64,
+        res: i32,
+        flags: u32,
+        events: &mut Vec<Event>,
+    ) {
+        let received = self.received(res, flags);
+        let Some(r) = self.watched.get_mut(&fd).and_then(|w| w.recv.as_mut()) else {
+            return;
+        };
+        let current = r.live && r.token == token;
+        if !cqueue::more(flags) {
+            if current {
+                r.live = false;
+                r.ended = matches!(received, Some(Received::Eof | Received::Error(_)));
+                if !r.ended {
+                    self.reported.push(fd);
+                }
+            } else {
+                r.retiring.retain(|&t| t != token);
+            }
+        }
+        if let Some(received) = received {
+            events.push(Event::received(fd, received));
+        }
     }
 }
 
@@ -442,6 +777,42 @@ mod tests {
     };
     /// A user's watch: in the epoll set.
     const USER_R: Interest = watch::R;
+    /// A socket transport's reader: received for.
+    const RECV: Interest = Interest { receive: true, ..R };
+
+    /// The bytes of what was received, and whether the end came.
+    fn bytes_of(received: impl IntoIterator<Item = Received>) -> (Vec<u8>, bool) {
+        let (mut bytes, mut eof) = (Vec::new(), false);
+        for r in received {
+            match r {
+                Received::Data(chunk) => bytes.extend_from_slice(chunk.bytes()),
+                Received::Eof => eof = true,
+                Received::Error(e) => panic!("receive failed: {e}"),
+            }
+        }
+        (bytes, eof)
+    }
+
+    fn send(fd: RawFd, bytes: &[u8]) {
+        // SAFETY: writes from a live slice.
+        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+        assert_eq!(n, bytes.len() as isize);
+    }
+
+    /// Waits until `want` bytes (and the end, with `eof`) were received.
+    fn receive(ring: &mut Uring, want: usize, eof: bool) -> Vec<u8> {
+        let (mut bytes, mut ended) = (Vec::new(), false);
+        for _ in 0..100 {
+            if bytes.len() >= want && ended == eof {
+                break;
+            }
+            let evs = reported(ring, Duration::from_millis(100));
+            let (b, e) = bytes_of(evs.into_iter().filter_map(|e| e.received));
+            bytes.extend(b);
+            ended |= e;
+        }
+        bytes
+    }
 
     /// What one wait reports; a wait that may have been ended by a signal
     /// (as the engine takes it: signals checked, nothing reported) is empty.
@@ -466,13 +837,9 @@ mod tests {
         ring.set_interest(fd, NONE, R).unwrap();
         assert!(reported(&mut ring, Duration::ZERO).is_empty());
         send_byte(b.as_raw_fd());
-        let ready = Event {
-            fd,
-            readable: true,
-            writable: false,
-        };
+        let ready = || Event::from_revents(fd, libc::POLLIN as u32);
         for _ in 0..3 {
-            assert_eq!(reported(&mut ring, Duration::from_secs(1)), vec![ready]);
+            assert_eq!(reported(&mut ring, Duration::from_secs(1)), vec![ready()]);
         }
         ring.set_interest(fd, R, W).unwrap();
         let evs = reported(&mut ring, Duration::from_secs(1));
@@ -576,6 +943,68 @@ mod tests {
                 .collect();
             assert_eq!(fds, vec![a.as_raw_fd()]);
         }
+    }
+
+    #[test]
+    fn receives_bytes_in_order_then_the_end() {
+        let mut ring = uring();
+        assert!(ring.receives());
+        let (a, b) = socketpair();
+        ring.set_interest(a.as_raw_fd(), NONE, RECV).unwrap();
+        let sent: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        for part in sent.chunks(50_000) {
+            send(b.as_raw_fd(), part);
+        }
+        drop(b);
+        assert_eq!(receive(&mut ring, sent.len(), true), sent);
+    }
+
+    #[test]
+    fn a_stopped_receive_keeps_what_it_received_and_lets_go() {
+        let mut ring = uring();
+        let (a, b) = socketpair();
+        let fd = a.as_raw_fd();
+        ring.set_interest(fd, NONE, RECV).unwrap();
+        send(b.as_raw_fd(), b"first");
+        let got = receive(&mut ring, 5, false);
+        assert_eq!(got, b"first");
+        // Received by the kernel but not yet reported when the reader stops.
+        send(b.as_raw_fd(), b"second");
+        std::thread::sleep(Duration::from_millis(20));
+        ring.set_interest(fd, RECV, NONE).unwrap();
+        let mut kept = Vec::new();
+        ring.take_received(fd, &mut kept);
+        let (kept, _) = bytes_of(kept);
+        // What the receive did not take is still in the socket.
+        let mut rest = [0u8; 16];
+        // SAFETY: reads into a local buffer of that size.
+        let n = unsafe { libc::read(fd, rest.as_mut_ptr().cast(), rest.len()) };
+        let rest = &rest[..n.max(0) as usize];
+        assert_eq!([kept.as_slice(), rest].concat(), b"second");
+        drop(a);
+        // The peer sees the close at once: no receive holds the socket.
+        let mut byte = 0u8;
+        // SAFETY: reads at most one byte into a local.
+        let n = unsafe { libc::read(b.as_raw_fd(), (&mut byte as *mut u8).cast(), 1) };
+        assert_eq!(n, 0);
+    }
+
+    #[test]
+    fn a_receiving_fd_is_polled_for_writing_too() {
+        let mut ring = uring();
+        let (a, b) = socketpair();
+        let fd = a.as_raw_fd();
+        let both = Interest {
+            writable: true,
+            ..RECV
+        };
+        ring.set_interest(fd, NONE, both).unwrap();
+        let evs = reported(&mut ring, Duration::from_secs(1));
+        assert!(evs.iter().any(|e| e.writable && e.received.is_none()));
+        // Dropping the writer keeps the receive.
+        ring.set_interest(fd, both, RECV).unwrap();
+        send(b.as_raw_fd(), b"data");
+        assert_eq!(receive(&mut ring, 4, false), b"data");
     }
 
     #[test]

@@ -6,9 +6,9 @@ use super::fork;
 use super::gil_cell::GilCell;
 use super::handle;
 use super::ready::{Ready, ReadyQueue};
-use super::registry::{fileobj_to_fd, Registration, Registry, Side, Watcher};
+use super::registry::{fileobj_to_fd, IoTarget, Registration, Registry, Side, Watcher};
 use crate::backend::waker::Waker;
-use crate::backend::{self, Backend, Event, Interest};
+use crate::backend::{self, Backend, Event, Interest, Received};
 use crate::errors::closed_error;
 use parking_lot::Mutex;
 use pyo3::exceptions::PyValueError;
@@ -33,6 +33,8 @@ pub struct Io {
     waker: GilCell<Option<Arc<Waker>>>,
     /// The backend may wait with the interpreter detached (see `Backend`).
     waits_detached: AtomicBool,
+    /// The backend receives for the readers that ask (see `Backend`).
+    receives: AtomicBool,
     /// The fork generation the backend belongs to (see `fork`).
     forks: AtomicU64,
 }
@@ -45,6 +47,7 @@ impl Io {
             registry: GilCell::new(Registry::default()),
             waker: GilCell::new(None),
             waits_detached: AtomicBool::new(false),
+            receives: AtomicBool::new(false),
             forks: AtomicU64::new(fork::generation()),
         }
     }
@@ -54,6 +57,7 @@ impl Io {
         let waker = Arc::new(Waker::new()?);
         let backend = backend::open(kind, waker.clone())?;
         self.waits_detached.store(backend.waits_detached(), Relaxed);
+        self.receives.store(backend.receives(), Relaxed);
         self.forks.store(fork::generation(), Relaxed);
         let old = self.backend.lock().replace(backend);
         if let Some(mut old) = old {
@@ -61,6 +65,13 @@ impl Io {
         }
         *self.waker.lock() = Some(waker);
         Ok(())
+    }
+
+    /// Whether the backend receives for the readers that ask
+    /// ([`Interest::receive`]): they then never read by system call, as the
+    /// backend reads for them.
+    pub fn receives(&self) -> bool {
+        self.receives.load(Relaxed)
     }
 
     /// Closes the backend and the waker.
@@ -131,12 +142,39 @@ impl Io {
                 reg.interest_with(fd, side, watcher.as_ref()),
             )
         };
+        let mut received = Vec::new();
         if new != old {
-            self.with_backend(|b| b.set_interest(fd, old, new))?;
+            self.with_backend(|b| {
+                b.set_interest(fd, old, new)?;
+                if old.receive && !new.receive {
+                    b.take_received(fd, &mut received);
+                }
+                Ok(())
+            })?;
+        }
+        if !received.is_empty() {
+            self.hand_over(fd, received);
         }
         let (previous, fileobj) = self.registry.lock().set(fd, side, watcher, fileobj);
         drop(fileobj);
         Ok(previous)
+    }
+
+    /// Gives what was received for `fd`'s reader (a native core) to it; a
+    /// stopped reader keeps it for when it reads again.
+    fn hand_over(&self, fd: RawFd, received: Vec<Received>) {
+        if let Some(reader) = self.native_reader(fd) {
+            // Every change is made attached: this only borrows the token.
+            Python::attach(|py| reader.received(py, received));
+        }
+    }
+
+    /// The reader of `fd`, if it is a native core.
+    pub fn native_reader(&self, fd: RawFd) -> Option<Arc<dyn IoTarget>> {
+        match self.registry.lock().watcher(fd, Side::Read)? {
+            Watcher::Native(t) => Some(t.clone()),
+            Watcher::Handle(_) => None,
+        }
     }
 
     /// An fd number the loop no longer owns never keeps a watcher: when the
@@ -318,7 +356,7 @@ impl Io {
     pub fn dispatch(
         &self,
         py: Python<'_>,
-        events: &[Event],
+        events: &mut [Event],
         ready: &mut ReadyQueue,
         due: u64,
     ) -> Vec<(RawFd, Side)> {
@@ -328,6 +366,16 @@ impl Io {
             let Some(r) = reg.get(ev.fd) else {
                 continue;
             };
+            if let Some(received) = ev.received.take() {
+                // Handed to the reader in order; one read queued for what
+                // it had not been waiting to read.
+                if let Some(Watcher::Native(t)) = &r.reader {
+                    if t.received(py, vec![received]) {
+                        ready.push(Ready::Io(t.clone(), Side::Read), due);
+                    }
+                }
+                continue;
+            }
             for (fired, side, w) in [
                 (ev.readable, Side::Read, &r.reader),
                 (ev.writable, Side::Write, &r.writer),

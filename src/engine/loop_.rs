@@ -315,6 +315,23 @@ impl Engine {
         self.io.set_watcher(py, fd, side, watcher)
     }
 
+    /// Whether the backend receives for the native readers that ask (see
+    /// [`NativeWatcher::receives`](super::NativeWatcher::receives)).
+    pub fn receives(&self) -> bool {
+        self.io.receives()
+    }
+
+    /// Queues `fd`'s reader, a native core, to run as if the fd were
+    /// readable: a resumed reader with bytes already received for it.
+    pub fn queue_reader(&self, fd: RawFd) {
+        let Some(reader) = self.io.native_reader(fd) else {
+            return;
+        };
+        let mut st = self.state.lock();
+        let due = if st.health.enabled { PENDING } else { 0 };
+        st.ready.push(Ready::Io(reader, Side::Read), due);
+    }
+
     /// True when `core`'s native watcher watches one side of `fd`.
     pub fn is_watched_by(&self, fd: RawFd, side: Side, core: &Bound<'_, PyAny>) -> bool {
         self.io.is_watched_by(fd, side, core)
@@ -401,8 +418,8 @@ impl Engine {
     fn run_once(slf: &Bound<'_, Self>, busy: bool) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let (events, woke) = Self::wait(slf, busy)?;
-        Self::dispatch_io(slf, &events, woke)?;
+        let (mut events, woke) = Self::wait(slf, busy)?;
+        Self::dispatch_io(slf, &mut events, woke)?;
         let has_timers = !this.state.lock().timers.is_empty();
         let now = if has_timers {
             Some(Self::now(slf)?)
@@ -479,7 +496,7 @@ impl Engine {
     /// Step 2: queues the watchers of the fds the backend reported, due
     /// since `woke`; a cancelled `add_reader`/`add_writer` handle found
     /// there is removed.
-    fn dispatch_io(slf: &Bound<'_, Self>, events: &[Event], woke: u64) -> PyResult<()> {
+    fn dispatch_io(slf: &Bound<'_, Self>, events: &mut [Event], woke: u64) -> PyResult<()> {
         let this = slf.get();
         let stale = {
             let mut st = this.state.lock();

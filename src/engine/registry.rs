@@ -4,7 +4,7 @@
 
 use super::context;
 use super::gc::Traverse;
-use crate::backend::Interest;
+use crate::backend::{Interest, Received};
 use pyo3::exceptions::{PyAttributeError, PyTypeError, PyValueError};
 use pyo3::gc::PyVisit;
 use pyo3::intern;
@@ -44,12 +44,31 @@ pub trait NativeWatcher: PyClass<Frozen = True> + Sync {
     /// The fd is ready on `side`. Errors are the core's to report; what it
     /// returns as `Err` (SystemExit, KeyboardInterrupt) stops the loop.
     fn on_ready(slf: &Bound<'_, Self>, side: Side) -> PyResult<()>;
+
+    /// True when, as the fd's reader, the core takes the bytes themselves
+    /// from a backend that receives for it ([`Interest::receive`]).
+    fn receives(&self) -> bool {
+        false
+    }
+
+    /// What the backend received for the core, in order, to hand on at
+    /// the next `on_ready(Side::Read)`. True when the core had nothing
+    /// pending, so that read must be queued.
+    fn received(_slf: &Bound<'_, Self>, _received: Vec<Received>) -> bool {
+        false
+    }
 }
 
 /// What the engine calls for a [`NativeWatcher`], whatever its type.
 pub trait IoTarget: Send + Sync {
     /// See [`NativeWatcher::on_ready`].
     fn on_ready(&self, py: Python<'_>, side: Side) -> PyResult<()>;
+
+    /// See [`NativeWatcher::receives`].
+    fn receives(&self) -> bool;
+
+    /// See [`NativeWatcher::received`].
+    fn received(&self, py: Python<'_>, received: Vec<Received>) -> bool;
 
     /// Visits the core, for the garbage collector.
     fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError>;
@@ -78,6 +97,14 @@ impl<T: NativeWatcher> IoTarget for Native<T> {
             None => T::on_ready(core, side),
             Some(ctx) => context::run_in(ctx.bind(py), || T::on_ready(core, side)),
         }
+    }
+
+    fn receives(&self) -> bool {
+        self.core.get().receives()
+    }
+
+    fn received(&self, py: Python<'_>, received: Vec<Received>) -> bool {
+        T::received(self.core.bind(py), received)
     }
 
     fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
@@ -200,11 +227,13 @@ fn interest_of(reader: Option<&Watcher>, writer: Option<&Watcher>) -> Interest {
     };
     let (readable, writable) = (reader.is_some(), writer.is_some());
     let any = readable || writable;
+    let held = any && held(reader) && held(writer);
     Interest {
         readable,
         writable,
         oneshot: any && oneshot(reader) && oneshot(writer),
-        held: any && held(reader) && held(writer),
+        held,
+        receive: held && matches!(reader, Some(Watcher::Native(t)) if t.receives()),
     }
 }
 

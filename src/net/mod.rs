@@ -252,14 +252,22 @@ pub fn read_appended(
         let len = len.min(buf.len());
         // SAFETY: the thread's buffer is live and at least `len` long.
         let n = unsafe { read_raw(fd, buf.as_mut_ptr(), len)? };
-        if n > 0 {
-            grow(target, old + n)?;
-            // SAFETY: the bytearray now holds `old + n` bytes; the source is
-            // the thread's own buffer, which cannot overlap it.
-            unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), target.data().add(old), n) };
-        }
+        append(target, &buf[..n])?;
         Ok(n)
     })
+}
+
+/// Appends `bytes` to the end of a bytearray.
+pub fn append(target: &Bound<'_, PyByteArray>, bytes: &[u8]) -> io::Result<()> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    let old = target.len();
+    grow(target, old + bytes.len())?;
+    // SAFETY: the bytearray now holds `old + bytes.len()` bytes; `bytes` is
+    // not its storage (a bytearray is not borrowed while it is resized).
+    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), target.data().add(old), bytes.len()) };
+    Ok(())
 }
 
 /// Sets a bytearray's length (growing with CPython's over-allocation).

@@ -4,6 +4,7 @@
 
 pub mod buffer;
 pub mod datagram;
+mod inbox;
 pub mod sock;
 pub mod stream;
 mod stream_reader;

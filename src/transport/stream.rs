@@ -9,12 +9,14 @@
 //! the Python classes, as asyncio writes them.
 
 use super::buffer::{Chunk, WriteBuffer};
+use super::inbox::{Inbox, Pending};
 use super::stream_reader;
+use crate::backend::Received;
 use crate::engine::{Engine, GilCell, NativeWatcher, Side, Traverse, Watcher};
 use crate::errors::{escapes, os_error, report_protocol_error};
 use crate::net::{
-    bulk_size, byte_buffer, read_appended, read_bytes, read_raw, send, with_bytes, would_block,
-    writable, FdKind, BULK_READ, MAX_READ,
+    append, bulk_size, byte_buffer, read_appended, read_bytes, read_raw, send, with_bytes,
+    would_block, writable, FdKind, BULK_READ, MAX_READ,
 };
 use crate::sys;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
@@ -94,6 +96,9 @@ struct State {
     dropped: u32,
     /// A sendfile is waiting for the buffer to drain (`_empty_waiter`).
     sendfile: bool,
+    /// What a backend that receives read for this transport and the
+    /// protocol has not taken yet.
+    inbox: Inbox,
 }
 
 impl Traverse for State {
@@ -122,6 +127,22 @@ impl NativeWatcher for StreamCore {
             Side::Read => Self::read_ready(slf),
             Side::Write => Self::write_ready(slf),
         }
+    }
+
+    fn receives(&self) -> bool {
+        self.kind == FdKind::Socket && self.engine.get().receives()
+    }
+
+    fn received(slf: &Bound<'_, Self>, received: Vec<Received>) -> bool {
+        let mut st = slf.get().state.lock();
+        if st.closing || st.conn_lost > 0 {
+            return false;
+        }
+        let (was_empty, paused) = (st.inbox.is_empty(), st.paused);
+        for r in received {
+            st.inbox.push(r, paused);
+        }
+        was_empty && !st.paused
     }
 }
 
@@ -190,13 +211,11 @@ impl StreamCore {
         {
             return Ok(());
         }
-        let (reader, protocol) = {
-            let st = this.state.lock();
-            if st.conn_lost > 0 {
-                return Ok(());
-            }
-            let protocol = st.protocol.as_ref().map(|p| p.clone_ref(py));
-            (st.reader.as_ref().map(|r| r.clone_ref(py)), protocol)
+        if this.receives() {
+            return Self::read_received(slf);
+        }
+        let Some((reader, protocol)) = this.reader(py) else {
+            return Ok(());
         };
         let call = |method: &Py<PyAny>| {
             let method = method.bind(py).clone();
@@ -225,6 +244,126 @@ impl StreamCore {
                 }
             }
         }
+    }
+
+    /// The reader and the protocol, unless the connection is lost.
+    #[allow(clippy::type_complexity)]
+    fn reader(&self, py: Python<'_>) -> Option<(Option<Reader>, Option<Py<PyAny>>)> {
+        let st = self.state.lock();
+        if st.conn_lost > 0 {
+            return None;
+        }
+        let protocol = st.protocol.as_ref().map(|p| p.clone_ref(py));
+        Some((st.reader.as_ref().map(|r| r.clone_ref(py)), protocol))
+    }
+
+    /// Hands on, in order, what the backend received, while the transport
+    /// reads; what is left when it stops (paused) waits in the inbox, out
+    /// of the backend's buffers.
+    fn read_received(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        loop {
+            let reading = this
+                .engine
+                .get()
+                .is_watched_by(this.fd, Side::Read, slf.as_any());
+            let item = {
+                let mut st = this.state.lock();
+                if st.closing || st.conn_lost > 0 {
+                    st.inbox.clear();
+                    return Ok(());
+                }
+                if st.paused || !reading {
+                    st.inbox.keep();
+                    return Ok(());
+                }
+                st.inbox.pop()
+            };
+            let Some((reader, protocol)) = item.as_ref().and_then(|_| this.reader(py)) else {
+                return Ok(());
+            };
+            match item {
+                None => return Ok(()),
+                Some(Pending::Eof) => return this.at_eof(py),
+                Some(Pending::Error(errno)) => {
+                    let err = os_error(io::Error::from_raw_os_error(errno));
+                    return Self::fatal_error(slf, err, fatal_message(this.kind, false));
+                }
+                Some(data) => {
+                    if let Some(rest) = Self::hand_on(slf, reader, protocol, data)? {
+                        this.state.lock().inbox.unpop(rest);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hands received bytes to the protocol; returns what a
+    /// `BufferedProtocol`'s buffer had no room for.
+    fn hand_on(
+        slf: &Bound<'_, Self>,
+        reader: Option<Reader>,
+        protocol: Option<Py<PyAny>>,
+        data: Pending,
+    ) -> PyResult<Option<Pending>> {
+        let py = slf.py();
+        let bytes = data.bytes().unwrap_or_default();
+        let received = |method: &Bound<'_, PyAny>, name: &str| {
+            let r = method.call1((PyBytes::new(py, bytes),));
+            r.map(drop).or_else(|e| Self::protocol_failed(slf, e, name))
+        };
+        match reader {
+            None => {
+                let protocol = protocol.map_or_else(|| py.None(), |p| p.into_any());
+                let method = protocol.bind(py).getattr(intern!(py, "data_received"));
+                method.and_then(|m| received(&m, "data_received"))?;
+            }
+            Some(Reader::Plain(data_received)) => {
+                received(data_received.bind(py), "data_received")?;
+            }
+            Some(Reader::Buffered(get_buffer, buffer_updated)) => {
+                let buf = match protocol_buffer(get_buffer.bind(py)) {
+                    Ok(buf) => buf,
+                    Err(e) => {
+                        let message = "Fatal error: protocol.get_buffer() call failed.";
+                        Self::fatal_error(slf, e, message)?;
+                        return Ok(None);
+                    }
+                };
+                let Some((ptr, len)) = writable(&buf) else {
+                    let err = PyTypeError::new_err(
+                        "get_buffer() must return a writable, contiguous buffer",
+                    );
+                    Self::fatal_error(slf, err, fatal_message(slf.get().kind, false))?;
+                    return Ok(None);
+                };
+                let n = len.min(bytes.len());
+                // SAFETY: `writable` checked the buffer is writable and
+                // contiguous, at least `n` long; it stays exported (so alive
+                // and unmoved) until `buf` drops, and is not our bytes.
+                unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), ptr, n) };
+                drop(buf);
+                if let Err(e) = buffer_updated.bind(py).call1((n,)) {
+                    Self::protocol_failed(slf, e, "buffer_updated")?;
+                    return Ok(None);
+                }
+                return Ok(data.after(n));
+            }
+            Some(Reader::Stream(data_received)) => {
+                match protocol.map(|p| stream_reader::feedable(p.bind(py))) {
+                    Some(Ok(Some((reader, buffer)))) => {
+                        let fed = append(&buffer, bytes)
+                            .map_err(os_error)
+                            .and_then(|()| stream_reader::fed(&reader, &buffer));
+                        fed.or_else(|e| Self::protocol_failed(slf, e, "data_received"))?;
+                    }
+                    Some(Err(e)) => Self::protocol_failed(slf, e, "data_received")?,
+                    _ => received(data_received.bind(py), "data_received")?,
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// Whether the last read was a bulk one (see [`bulk_size`]).
@@ -301,16 +440,7 @@ impl StreamCore {
     ) -> PyResult<()> {
         let py = slf.py();
         let fd = slf.get().fd;
-        let target = get_buffer.call1((-1,)).and_then(|b| {
-            let buf = byte_buffer(&b)?;
-            if buf.item_count() == 0 {
-                return Err(PyRuntimeError::new_err(
-                    "get_buffer() returned an empty buffer",
-                ));
-            }
-            Ok(buf)
-        });
-        let buf = match target {
+        let buf = match protocol_buffer(get_buffer) {
             Ok(buf) => buf,
             Err(e) => {
                 return Self::fatal_error(slf, e, "Fatal error: protocol.get_buffer() call failed.")
@@ -427,6 +557,18 @@ impl StreamCore {
     }
 }
 
+/// The buffer a `BufferedProtocol`'s `get_buffer(-1)` hands out; an empty
+/// one is refused, as asyncio refuses it.
+fn protocol_buffer(get_buffer: &Bound<'_, PyAny>) -> PyResult<pyo3::buffer::PyBuffer<u8>> {
+    let buf = byte_buffer(&get_buffer.call1((-1,))?)?;
+    if buf.item_count() == 0 {
+        return Err(PyRuntimeError::new_err(
+            "get_buffer() returned an empty buffer",
+        ));
+    }
+    Ok(buf)
+}
+
 fn shutdown_write(fd: RawFd) -> PyResult<()> {
     // SAFETY: plain syscall on an fd the transport's socket owns.
     sys::check(unsafe { libc::shutdown(fd, libc::SHUT_WR) }).map_err(os_error)?;
@@ -525,6 +667,10 @@ impl StreamCore {
             st.paused = false;
         }
         Self::watch(slf, Side::Read, true)?;
+        let this = slf.get();
+        if !this.state.lock().inbox.is_empty() {
+            this.engine.get().queue_reader(this.fd);
+        }
         Ok(true)
     }
 
@@ -718,6 +864,7 @@ impl StreamCore {
     fn release(&self) {
         let released = {
             let mut st = self.state.lock();
+            st.inbox.clear();
             (st.protocol.take(), st.reader.take(), st.buffer.clear())
         };
         drop(released);
