@@ -591,7 +591,11 @@ fn buffer_ring(ring: &mut IoUring) -> Option<Arc<BufRing>> {
             std::mem::forget(bufs);
             None
         }
-        _ => None,
+        _ => {
+            // Nothing selects from the group any more: let the kernel go of it.
+            let _ = ring.submitter().unregister_buf_ring(bufring::GROUP);
+            None
+        }
     }
 }
 
@@ -606,29 +610,10 @@ impl Drop for Uring {
     }
 }
 
-impl Backend for Uring {
-    fn set_interest(&mut self, fd: RawFd, old: Interest, new: Interest) -> io::Result<()> {
-        self.ring()?;
-        self.adopt()?;
-        let polled = !new.is_empty() && new.held;
-        if !old.is_empty() && !old.held && (polled || new.is_empty()) {
-            self.epoll.set_interest(fd, old, Interest::default())?;
-        }
-        if !polled {
-            self.unwatch(fd)?;
-            if new.is_empty() {
-                return Ok(());
-            }
-            let known = if old.held { Interest::default() } else { old };
-            return self.epoll.set_interest(fd, known, new);
-        }
-        let mut w = match self.watched.remove(&fd) {
-            Some(w) => w,
-            None => {
-                check_pollable(fd)?;
-                Watch::default()
-            }
-        };
+impl Uring {
+    /// Moves `w`, the watch of `fd`, to interest `new`: its poll (for what
+    /// is not received) and its receive.
+    fn change_watch(&mut self, fd: RawFd, w: &mut Watch, new: Interest) -> io::Result<()> {
         let receive = new.receive && self.bufs.is_some();
         let mut mask = new.poll_events();
         if receive {
@@ -661,16 +646,49 @@ impl Backend for Uring {
             }
             (recv, _) => w.recv = recv,
         }
-        self.watched.insert(fd, w);
         Ok(())
+    }
+}
+
+impl Backend for Uring {
+    fn set_interest(&mut self, fd: RawFd, old: Interest, new: Interest) -> io::Result<()> {
+        self.ring()?;
+        self.adopt()?;
+        let polled = !new.is_empty() && new.held;
+        if !old.is_empty() && !old.held && (polled || new.is_empty()) {
+            self.epoll.set_interest(fd, old, Interest::default())?;
+        }
+        if !polled {
+            self.unwatch(fd)?;
+            if new.is_empty() {
+                return Ok(());
+            }
+            let known = if old.held { Interest::default() } else { old };
+            return self.epoll.set_interest(fd, known, new);
+        }
+        let mut w = match self.watched.remove(&fd) {
+            Some(w) => w,
+            None => {
+                check_pollable(fd)?;
+                Watch::default()
+            }
+        };
+        let changed = self.change_watch(fd, &mut w, new);
+        // Kept even when a submission failed: what is in flight stays known.
+        self.watched.insert(fd, w);
+        changed
     }
 
     fn wait(&mut self, timeout: Option<Duration>, events: &mut Vec<Event>) -> io::Result<()> {
         self.ring()?;
         if self.watched.is_empty() && self.epoll_idle {
-            // Only the late completions of polls removed are left to reap.
-            self.done.clear();
-            self.ring()?.completion().for_each(drop);
+            // Only late completions of operations removed are left to reap
+            // (a receive's buffer goes back to the ring).
+            let ring = self.ring.as_mut().ok_or_else(closed)?;
+            let late: Vec<Completion> = ring.completion().map(completion).collect();
+            for (_, res, flags) in self.done.drain(..).chain(late).collect::<Vec<_>>() {
+                drop(self.received(res, flags));
+            }
             return self.epoll.wait(timeout, events);
         }
         self.adopt()?;

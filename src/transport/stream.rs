@@ -82,6 +82,9 @@ impl Traverse for Reader {
     }
 }
 
+/// A transport's reader and protocol, taken out of its state for a read.
+type ReaderOf = (Option<Reader>, Option<Py<PyAny>>);
+
 #[derive(Default)]
 struct State {
     protocol: Option<Py<PyAny>>,
@@ -247,8 +250,7 @@ impl StreamCore {
     }
 
     /// The reader and the protocol, unless the connection is lost.
-    #[allow(clippy::type_complexity)]
-    fn reader(&self, py: Python<'_>) -> Option<(Option<Reader>, Option<Py<PyAny>>)> {
+    fn reader(&self, py: Python<'_>) -> Option<ReaderOf> {
         let st = self.state.lock();
         if st.conn_lost > 0 {
             return None;
@@ -290,11 +292,18 @@ impl StreamCore {
                     let err = os_error(io::Error::from_raw_os_error(errno));
                     return Self::fatal_error(slf, err, fatal_message(this.kind, false));
                 }
-                Some(data) => {
-                    if let Some(rest) = Self::hand_on(slf, reader, protocol, data)? {
-                        this.state.lock().inbox.unpop(rest);
+                Some(data) => match Self::hand_on(slf, reader, protocol, data) {
+                    Ok(Some(rest)) => this.state.lock().inbox.unpop(rest),
+                    Ok(None) => {}
+                    Err(e) => {
+                        // Leaving (the loop stops): what is left is read
+                        // when it runs again.
+                        if !this.state.lock().inbox.is_empty() {
+                            this.engine.get().queue_reader(this.fd);
+                        }
+                        return Err(e);
                     }
-                }
+                },
             }
         }
     }
@@ -314,10 +323,14 @@ impl StreamCore {
             r.map(drop).or_else(|e| Self::protocol_failed(slf, e, name))
         };
         match reader {
+            // A protocol that cannot take data (None, a SubprocessProtocol)
+            // fails as asyncio's call would.
             None => {
                 let protocol = protocol.map_or_else(|| py.None(), |p| p.into_any());
-                let method = protocol.bind(py).getattr(intern!(py, "data_received"));
-                method.and_then(|m| received(&m, "data_received"))?;
+                match protocol.bind(py).getattr(intern!(py, "data_received")) {
+                    Ok(method) => received(&method, "data_received")?,
+                    Err(e) => Self::protocol_failed(slf, e, "data_received")?,
+                }
             }
             Some(Reader::Plain(data_received)) => {
                 received(data_received.bind(py), "data_received")?;
@@ -326,15 +339,12 @@ impl StreamCore {
                 let buf = match protocol_buffer(get_buffer.bind(py)) {
                     Ok(buf) => buf,
                     Err(e) => {
-                        let message = "Fatal error: protocol.get_buffer() call failed.";
-                        Self::fatal_error(slf, e, message)?;
+                        Self::fatal_error(slf, e, GET_BUFFER_FAILED)?;
                         return Ok(None);
                     }
                 };
                 let Some((ptr, len)) = writable(&buf) else {
-                    let err = PyTypeError::new_err(
-                        "get_buffer() must return a writable, contiguous buffer",
-                    );
+                    let err = not_writable();
                     Self::fatal_error(slf, err, fatal_message(slf.get().kind, false))?;
                     return Ok(None);
                 };
@@ -442,14 +452,10 @@ impl StreamCore {
         let fd = slf.get().fd;
         let buf = match protocol_buffer(get_buffer) {
             Ok(buf) => buf,
-            Err(e) => {
-                return Self::fatal_error(slf, e, "Fatal error: protocol.get_buffer() call failed.")
-            }
+            Err(e) => return Self::fatal_error(slf, e, GET_BUFFER_FAILED),
         };
         let read = match writable(&buf) {
-            None => Err(PyTypeError::new_err(
-                "get_buffer() must return a writable, contiguous buffer",
-            )),
+            None => Err(not_writable()),
             // SAFETY: `writable` checked the buffer is writable and contiguous;
             // it stays exported (so alive and unmoved) until `buf` drops.
             Some((ptr, len)) => match unsafe { read_raw(fd, ptr, len) } {
@@ -557,6 +563,14 @@ impl StreamCore {
     }
 }
 
+/// asyncio's message when a `BufferedProtocol`'s `get_buffer` raised.
+const GET_BUFFER_FAILED: &str = "Fatal error: protocol.get_buffer() call failed.";
+
+/// The error for a `get_buffer` that returned a buffer it cannot fill.
+fn not_writable() -> PyErr {
+    PyTypeError::new_err("get_buffer() must return a writable, contiguous buffer")
+}
+
 /// The buffer a `BufferedProtocol`'s `get_buffer(-1)` hands out; an empty
 /// one is refused, as asyncio refuses it.
 fn protocol_buffer(get_buffer: &Bound<'_, PyAny>) -> PyResult<pyo3::buffer::PyBuffer<u8>> {
@@ -652,6 +666,8 @@ impl StreamCore {
                 return Ok(false);
             }
             st.paused = true;
+            // Nobody reads it soon: the backend's buffers go back.
+            st.inbox.keep();
         }
         Self::watch(slf, Side::Read, false)?;
         Ok(true)
@@ -817,6 +833,7 @@ impl StreamCore {
                 return Ok(());
             }
             st.closing = true;
+            st.inbox.clear();
         }
         Self::watch(slf, Side::Read, false)?;
         let empty = {
@@ -847,6 +864,7 @@ impl StreamCore {
             let dropped = st.buffer.clear();
             let stop_reading = !st.closing;
             st.closing = true;
+            st.inbox.clear();
             st.conn_lost += 1;
             (had_buffer.then_some(dropped), stop_reading)
         };
