@@ -53,4 +53,12 @@ pub mod watch {
         // SAFETY: writes one byte from a static buffer.
         assert_eq!(unsafe { libc::write(fd, b"x".as_ptr().cast(), 1) }, 1);
     }
+
+    /// Asserts that `fd`'s peer is closed: a read sees the end at once.
+    pub fn assert_peer_closed(fd: RawFd) {
+        let mut byte = 0u8;
+        // SAFETY: reads at most one byte into a local.
+        let n = unsafe { libc::read(fd, (&mut byte as *mut u8).cast(), 1) };
+        assert_eq!(n, 0, "{}", std::io::Error::last_os_error());
+    }
 }

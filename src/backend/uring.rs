@@ -824,7 +824,7 @@ impl Uring {
 mod tests {
     use super::*;
     use crate::testing::socketpair;
-    use crate::testing::watch::{self, send_byte, NONE};
+    use crate::testing::watch::{self, assert_peer_closed, send_byte, NONE};
     use std::os::fd::AsRawFd;
 
     /// The loop's own watches: poll operations.
@@ -941,10 +941,7 @@ mod tests {
         ring.set_interest(a.as_raw_fd(), R, NONE).unwrap();
         drop(a);
         // The peer sees the close at once: no poll holds the socket open.
-        let mut byte = 0u8;
-        // SAFETY: reads at most one byte into a local.
-        let n = unsafe { libc::read(b.as_raw_fd(), (&mut byte as *mut u8).cast(), 1) };
-        assert_eq!(n, 0);
+        assert_peer_closed(b.as_raw_fd());
     }
 
     #[test]
@@ -1044,10 +1041,7 @@ mod tests {
         assert_eq!([kept.as_slice(), rest].concat(), b"second");
         drop(a);
         // The peer sees the close at once: no receive holds the socket.
-        let mut byte = 0u8;
-        // SAFETY: reads at most one byte into a local.
-        let n = unsafe { libc::read(b.as_raw_fd(), (&mut byte as *mut u8).cast(), 1) };
-        assert_eq!(n, 0);
+        assert_peer_closed(b.as_raw_fd());
     }
 
     #[test]
