@@ -165,7 +165,11 @@ impl Io {
     fn hand_over(&self, fd: RawFd, received: Vec<Received>) {
         if let Some(reader) = self.native_reader(fd) {
             // Every change is made attached: this only borrows the token.
-            Python::attach(|py| reader.received(py, received));
+            Python::attach(|py| {
+                for r in received {
+                    reader.received(py, r);
+                }
+            });
         }
     }
 
@@ -370,7 +374,7 @@ impl Io {
                 // Handed to the reader in order; one read queued for what
                 // it had not been waiting to read.
                 if let Some(Watcher::Native(t)) = &r.reader {
-                    if t.received(py, vec![received]) {
+                    if t.received(py, received) {
                         ready.push(Ready::Io(t.clone(), Side::Read), due);
                     }
                 }

@@ -51,10 +51,10 @@ pub trait NativeWatcher: PyClass<Frozen = True> + Sync {
         false
     }
 
-    /// What the backend received for the core, in order, to hand on at
-    /// the next `on_ready(Side::Read)`. True when the core had nothing
+    /// What the backend received for the core (each in order), to hand on
+    /// at the next `on_ready(Side::Read)`. True when the core had nothing
     /// pending, so that read must be queued.
-    fn received(_slf: &Bound<'_, Self>, _received: Vec<Received>) -> bool {
+    fn received(_slf: &Bound<'_, Self>, _received: Received) -> bool {
         false
     }
 }
@@ -68,7 +68,7 @@ pub trait IoTarget: Send + Sync {
     fn receives(&self) -> bool;
 
     /// See [`NativeWatcher::received`].
-    fn received(&self, py: Python<'_>, received: Vec<Received>) -> bool;
+    fn received(&self, py: Python<'_>, received: Received) -> bool;
 
     /// Visits the core, for the garbage collector.
     fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError>;
@@ -103,7 +103,7 @@ impl<T: NativeWatcher> IoTarget for Native<T> {
         self.core.get().receives()
     }
 
-    fn received(&self, py: Python<'_>, received: Vec<Received>) -> bool {
+    fn received(&self, py: Python<'_>, received: Received) -> bool {
         T::received(self.core.bind(py), received)
     }
 

@@ -136,16 +136,14 @@ impl NativeWatcher for StreamCore {
         self.kind == FdKind::Socket && self.engine.get().receives()
     }
 
-    fn received(slf: &Bound<'_, Self>, received: Vec<Received>) -> bool {
+    fn received(slf: &Bound<'_, Self>, received: Received) -> bool {
         let mut st = slf.get().state.lock();
         if st.closing || st.conn_lost > 0 {
             return false;
         }
         let (was_empty, paused) = (st.inbox.is_empty(), st.paused);
-        for r in received {
-            st.inbox.push(r, paused);
-        }
-        was_empty && !st.paused
+        st.inbox.push(received, paused);
+        was_empty && !paused
     }
 }
 
