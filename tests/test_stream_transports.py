@@ -571,6 +571,35 @@ def test_a_transport_paused_and_resumed_gets_every_byte_in_order(loop, kind):
     b.close()
 
 
+def test_small_then_bulk_then_small_messages_arrive_whole_and_in_order(loop):
+    # On io_uring a connection that receives a bulk chunk leaves its
+    # receive for readiness and read(): nothing may be lost or reordered.
+    a, b = socket.socketpair()
+    small = [bytes([i]) * 1000 for i in range(20)]
+    bulk = [bytes(range(256)) * 1200, bytes(range(255, -1, -1)) * 1200]
+    sent = b"".join(small + bulk + small)
+
+    async def main():
+        a.setblocking(False)
+        _, proto = await loop.connect_accepted_socket(lambda: Collect(loop), a)
+        for message in small:
+            await loop.sock_sendall(b, message)
+            await asyncio.sleep(0.001)
+        for message in bulk:
+            await loop.sock_sendall(b, message)
+        for message in small:
+            await asyncio.sleep(0.001)
+            await loop.sock_sendall(b, message)
+        b.shutdown(socket.SHUT_WR)
+        await asyncio.wait_for(proto.lost, 30)
+        assert bytes(proto.data) == sent
+        assert proto.events == ["made", "eof", "lost"]
+
+    b.setblocking(False)
+    loop.run_until_complete(main())
+    b.close()
+
+
 def test_what_arrives_while_paused_goes_to_the_protocol_set_meanwhile(loop):
     # start_tls's order: pause, set_protocol, resume.
     a, b = socket.socketpair()

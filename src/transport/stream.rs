@@ -28,7 +28,7 @@ use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyType};
 use pyo3::PyTraverseError;
 use std::io;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 
 /// asyncio's `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
 const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
@@ -120,6 +120,11 @@ pub struct StreamCore {
     state: GilCell<State>,
     /// The size of the last read.
     last_read: AtomicUsize,
+    /// The backend received a bulk chunk ([`BULK_READ`] or more) for this
+    /// socket, which reads by readiness and `read()` from then on: a
+    /// receive into the backend's buffer is copied again into the
+    /// protocol's, where a `read()` lands there at once (docs/io_uring.md).
+    bulk_flow: AtomicBool,
 }
 
 impl NativeWatcher for StreamCore {
@@ -133,7 +138,7 @@ impl NativeWatcher for StreamCore {
     }
 
     fn receives(&self) -> bool {
-        self.kind == FdKind::Socket && self.engine.get().receives()
+        self.kind == FdKind::Socket && self.engine.get().receives() && !self.bulk_flow.load(Relaxed)
     }
 
     fn received(slf: &Bound<'_, Self>, received: Received) -> bool {
@@ -212,7 +217,9 @@ impl StreamCore {
         {
             return Ok(());
         }
-        if this.receives() {
+        // What was received before a bulk flow left receives goes first.
+        if this.receives() || (this.bulk_flow.load(Relaxed) && !this.state.lock().inbox.is_empty())
+        {
             return Self::read_received(slf);
         }
         let Some((reader, protocol)) = this.reader(py) else {
@@ -290,20 +297,42 @@ impl StreamCore {
                     let err = os_error(io::Error::from_raw_os_error(errno));
                     return Self::fatal_error(slf, err, fatal_message(this.kind, false));
                 }
-                Some(data) => match Self::hand_on(slf, reader, protocol, data) {
-                    Ok(Some(rest)) => this.state.lock().inbox.unpop(rest),
-                    Ok(None) => {}
-                    Err(e) => {
-                        // Leaving (the loop stops): what is left is read
-                        // when it runs again.
-                        if !this.state.lock().inbox.is_empty() {
-                            this.engine.get().queue_reader(this.fd);
+                Some(data) => {
+                    let bulk = data.bytes().is_some_and(|b| b.len() >= BULK_READ);
+                    match Self::hand_on(slf, reader, protocol, data) {
+                        Ok(rest) => {
+                            if let Some(rest) = rest {
+                                this.state.lock().inbox.unpop(rest);
+                            }
+                            if bulk {
+                                Self::leave_receives(slf)?;
+                            }
                         }
-                        return Err(e);
+                        Err(e) => {
+                            // Leaving (the loop stops): what is left is read
+                            // when it runs again.
+                            if !this.state.lock().inbox.is_empty() {
+                                this.engine.get().queue_reader(this.fd);
+                            }
+                            return Err(e);
+                        }
                     }
-                },
+                }
             }
         }
+    }
+
+    /// A bulk flow leaves the backend's receives for readiness and
+    /// `read()` (see `bulk_flow`), once: the receive stops, what it had
+    /// taken joins the inbox behind what is there, and the read side is
+    /// watched afresh (or when reading resumes).
+    fn leave_receives(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let this = slf.get();
+        if this.bulk_flow.swap(true, Relaxed) || !this.is_reading() {
+            return Ok(());
+        }
+        Self::watch(slf, Side::Read, false)?;
+        Self::watch(slf, Side::Read, true)
     }
 
     /// Hands received bytes to the protocol; returns what a
@@ -616,6 +645,7 @@ impl StreamCore {
             transport,
             state: GilCell::new(state),
             last_read: AtomicUsize::new(0),
+            bulk_flow: AtomicBool::new(false),
         })
     }
 
