@@ -19,8 +19,8 @@ use std::sync::Arc;
 /// that finds none ends and is armed again at the next wait.
 pub const BUFFERS: u16 = 64;
 /// The size of each: a message of up to 256 KiB that has arrived is one
-/// receive, so one `data_received` (64 KiB buffers split a 100 KiB message
-/// in two, and cost 1.5-1.9x the epoll loop's CPU per request there).
+/// receive, so one `data_received` (a connection whose chunks reach 64 KiB
+/// then reads by readiness: `StreamCore::leave_receives`).
 pub const BUFFER_SIZE: usize = 256 * 1024;
 /// The buffer group the receives name.
 pub const GROUP: u16 = 0;
