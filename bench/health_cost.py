@@ -80,8 +80,8 @@ def main(argv: list[str]) -> int:
             text=True,
             check=True,
         ).stdout.split()
-        r = sorted(map(float, out))
-        q1, q3 = statistics.quantiles(r, n=4)[0], statistics.quantiles(r, n=4)[2]
+        r = list(map(float, out))
+        q1, _, q3 = statistics.quantiles(r, n=4)
         print(f"{bench:<32} {statistics.median(r):6.3f}  ({q1:.3f}-{q3:.3f})", flush=True)
     return 0
 
