@@ -43,10 +43,12 @@ def start_server(script: Path, *args: str) -> tuple[subprocess.Popen, int]:
     return start_command(sys.executable, str(script), *args)
 
 
-def start_command(*cmd: str) -> tuple[subprocess.Popen, int]:
-    """Starts a server that takes the CPU to pin itself to last and prints its port."""
+def start_command(*cmd: str, env: dict | None = None) -> tuple[subprocess.Popen, int]:
+    """Starts a server that takes the CPU to pin itself to last and prints its
+    port; `env` adds to its environment."""
     proc = subprocess.Popen(
         [*cmd, str(SERVER_CPU)],
+        env=None if env is None else {**os.environ, **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,  # rivals log every reset connection; failures show as NaN
         text=True,

@@ -2,6 +2,7 @@
 
     python bench/echo.py [--seconds 1] [--rounds 3] [--kinds protocol,buffered,streams,sock]
                          [--sizes 1024,10240,102400] [--conns 1,10,100]
+                         [--loops LOOPS | --uring-variants]
 
 Each server runs in its own process pinned to CPU 0; the compiled load
 generator (bench/loadgen, built here with cargo) runs pinned to CPU 1. The
@@ -41,6 +42,14 @@ REFERENCES = {
     "reference": HERE / "loadgen" / "target" / "release" / "oxloop-reference-server",
     "io_uring ref": HERE / "loadgen" / "target" / "release" / "oxloop-uring-reference-server",
 }
+#: The io_uring reference server less one of its techniques (issue 16: what
+#: each brings): sends by system call as a loop's `transport.write` makes
+#: them, instead of a pass's sends batched as operations; plain fds instead
+#: of registered files.
+URING_VARIANTS = {
+    "uring send()": {"OXLOOP_URING_SEND": "now"},
+    "uring plain fds": {"OXLOOP_URING_FIXED": "0"},
+}
 #: The kinds the reference servers stand beside (they have no Python API).
 REFERENCE_KINDS = ("protocol", "buffered")
 
@@ -64,6 +73,8 @@ def echo_server(name: str, kind: str) -> tuple[subprocess.Popen, int]:
     """The echo server of loop `name` (or of a reference server) for `kind`."""
     if name in REFERENCES:
         return start_command(str(REFERENCES[name]))
+    if name in URING_VARIANTS:
+        return start_command(str(REFERENCES["io_uring ref"]), env=URING_VARIANTS[name])
     return start_server(HERE / "echo_server.py", name, kind)
 
 
@@ -98,14 +109,17 @@ def window(name: str, servers: Servers, size: int, conns: int, seconds: float) -
     }
 
 
-def table(loops: list[str], kinds, sizes, conns, seconds: float, rounds: int) -> list[dict]:
+def table(
+    loops: list[str], kinds, sizes, conns, seconds: float, rounds: int, variants: bool = False
+) -> list[dict]:
     """Runs every (kind, size, conns) cell on every loop, printing each row.
 
     One server per loop serves every concurrency of a (kind, size); in each
     cell, after a warm-up, the loops take turns for `rounds` windows of
     `seconds` and each figure is the median (peak RSS: the server's peak so
     far, which at the highest concurrency is that of the whole size). With no
-    loops, the reference servers alone, in ratio to the epoll one."""
+    loops, the reference servers alone, in ratio to the epoll one, and with
+    `variants` the io_uring one's URING_VARIANTS beside them."""
     build_loadgen()
     base = baseline(loops) if loops else "reference"
     cells = []
@@ -113,10 +127,10 @@ def table(loops: list[str], kinds, sizes, conns, seconds: float, rounds: int) ->
         f"Python {sys.version.split()[0]}; TCP echo, server CPU µs/request (ratio to {base}), "
         f"requests/s, p50/p99 µs; median of {rounds} windows of {seconds} s"
     )
-    header = [*loops, *REFERENCES]
+    header = [*loops, *REFERENCES, *(URING_VARIANTS if variants else ())]
     print(f"{'kind':<9}{'size':>7}{'conns':>6}  " + "".join(f"{name:>36}" for name in header))
     for kind in kinds:
-        names = [*loops, *REFERENCES] if kind in REFERENCE_KINDS else loops
+        names = header if kind in REFERENCE_KINDS else loops
         for size in sizes:
             with Servers(names, echo_server, kind) as servers:
                 for n in conns:
@@ -141,15 +155,25 @@ def main() -> int:
     parser.add_argument("--sizes", default="1024,10240,102400")
     parser.add_argument("--conns", default="1,10,100")
     parser.add_argument("--loops", help="comma-separated loop modules (default: all installed)")
+    parser.add_argument(
+        "--uring-variants",
+        action="store_true",
+        help="no loops: the reference servers and the io_uring one's variants",
+    )
     parser.add_argument("--json", help="write every cell here")
     opts = parser.parse_args()
+    if opts.uring_variants:
+        loops = []
+    else:
+        loops = opts.loops.split(",") if opts.loops else available_loops()
     cells = table(
-        opts.loops.split(",") if opts.loops else available_loops(),
+        loops,
         opts.kinds.split(","),
         [int(size) for size in opts.sizes.split(",")],
         [int(n) for n in opts.conns.split(",")],
         opts.seconds,
         opts.rounds,
+        opts.uring_variants,
     )
     if opts.json:
         Path(opts.json).write_text(json.dumps(cells, indent=1))

@@ -10,6 +10,11 @@
 //! send in flight per client, each buffer returned to the ring once sent
 //! (for a zero-copy send, once the kernel's notification says it let go);
 //! every operation of a pass goes to the kernel in one `io_uring_enter`.
+//! Two switches measure what the batched sends and the registered files
+//! bring: `OXLOOP_URING_SEND=now` sends each chunk by a `send()` system call
+//! as it is received, as a loop's `transport.write` does (what the socket
+//! does not take goes as an operation), and `OXLOOP_URING_FIXED=0` names
+//! clients by their fds.
 //! bench/echo.py runs it beside the epoll reference server: the floor an
 //! io_uring backend could reach.
 //!
@@ -38,6 +43,20 @@ const ACCEPT: u64 = 0;
 const RECV: u64 = 1;
 const SEND: u64 = 2;
 const SEND_ZC: u64 = 3;
+
+/// `$build`, with `$fd` the client's registered file, or its plain fd when
+/// the server runs without registered files.
+macro_rules! on_client {
+    ($fixed:expr, $slot:expr, |$fd:ident| $build:expr) => {
+        if $fixed {
+            let $fd = types::Fixed($slot as u32);
+            $build
+        } else {
+            let $fd = types::Fd($slot);
+            $build
+        }
+    };
+}
 
 /// The operation's tag in `user_data`: what was asked, the client's slot,
 /// and for a zero-copy send its index in `Server::zc_sends`.
@@ -175,6 +194,10 @@ struct Server {
     /// Clients with chunks to send and no send in flight: their sends go
     /// out at the end of the pass, each gathering every chunk received in it.
     to_send: Vec<RawFd>,
+    /// Whether a chunk is sent by a system call as it is received.
+    send_now: bool,
+    /// Whether clients are registered files.
+    fixed: bool,
 }
 
 impl Server {
@@ -194,9 +217,9 @@ impl Server {
         if let Some(c) = self.conns[slot as usize].as_mut() {
             c.receiving = true;
         }
-        let entry = opcode::RecvMulti::new(types::Fixed(slot as u32), GROUP)
-            .build()
-            .user_data(tag(RECV, slot, 0));
+        let entry = on_client!(self.fixed, slot, |fd| opcode::RecvMulti::new(fd, GROUP)
+            .build())
+        .user_data(tag(RECV, slot, 0));
         self.push(entry)
     }
 
@@ -235,7 +258,7 @@ impl Server {
         c.msg.msg_iov = c.iov.as_mut_ptr();
         c.msg.msg_iovlen = c.iov.len() as _;
         let total: usize = c.iov.iter().map(|v| v.iov_len).sum();
-        let fd = types::Fixed(slot as u32);
+        let fixed = self.fixed;
         let single = c.iov.len() == 1;
         let (ptr, msg) = (
             c.iov[0].iov_base as *const u8,
@@ -255,18 +278,18 @@ impl Server {
                     self.zc_sends.len() as u32 - 1
                 }
             };
-            let entry = if single {
+            let entry = on_client!(fixed, slot, |fd| if single {
                 opcode::SendZc::new(fd, ptr, total as u32).build()
             } else {
                 opcode::SendMsgZc::new(fd, msg).build()
-            };
+            });
             entry.user_data(tag(SEND_ZC, slot, index))
         } else {
-            let entry = if single {
+            let entry = on_client!(fixed, slot, |fd| if single {
                 opcode::Send::new(fd, ptr, total as u32).build()
             } else {
                 opcode::SendMsg::new(fd, msg).build()
-            };
+            });
             entry.user_data(tag(SEND, slot, 0))
         };
         self.push(entry)
@@ -287,10 +310,12 @@ impl Server {
             .is_some_and(|c| c.in_flight == 0 && !c.receiving && c.chunks.is_empty());
         if idle {
             self.conns[slot as usize] = None;
-            self.ring
-                .submitter()
-                .register_files_update(slot as u32, &[-1])?;
-            // SAFETY: the fd was accepted here; its fixed slot was just cleared.
+            if self.fixed {
+                self.ring
+                    .submitter()
+                    .register_files_update(slot as u32, &[-1])?;
+            }
+            // SAFETY: the fd was accepted here; its fixed slot, if any, was just cleared.
             unsafe { libc::close(slot) };
         }
         Ok(())
@@ -303,9 +328,11 @@ impl Server {
             return Ok(());
         }
         set_nodelay(fd);
-        self.ring
-            .submitter()
-            .register_files_update(fd as u32, &[fd])?;
+        if self.fixed {
+            self.ring
+                .submitter()
+                .register_files_update(fd as u32, &[fd])?;
+        }
         self.conns[fd as usize] = Some(Conn::new());
         self.receive(fd)
     }
@@ -319,8 +346,28 @@ impl Server {
                 self.release(bid);
                 return Ok(());
             };
-            c.chunks.push_back((bid, res as usize, 0));
-            self.wants_send(slot);
+            let len = res as usize;
+            let sent = if self.send_now && c.in_flight == 0 && c.chunks.is_empty() {
+                // SAFETY: buffer `bid` holds the `len` bytes just received.
+                let n = unsafe {
+                    libc::send(
+                        slot,
+                        self.bufs.buf(bid).cast(),
+                        len,
+                        libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                    )
+                };
+                n.max(0) as usize
+            } else {
+                0
+            };
+            if sent == len {
+                self.done_sending[bid as usize] = true;
+                self.release(bid);
+            } else {
+                c.chunks.push_back((bid, len, sent));
+                self.wants_send(slot);
+            }
         }
         if !more {
             if res == -libc::ENOBUFS {
@@ -462,6 +509,8 @@ fn main() -> io::Result<()> {
         zc_min,
         starved: Vec::new(),
         to_send: Vec::new(),
+        send_now: std::env::var("OXLOOP_URING_SEND").is_ok_and(|v| v == "now"),
+        fixed: std::env::var("OXLOOP_URING_FIXED").map_or(true, |v| v != "0"),
     };
     server.run(listener.as_raw_fd())
 }
