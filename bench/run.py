@@ -25,7 +25,7 @@ from pathlib import Path
 
 import echo
 import http_bench
-from common import available_loops, baseline
+from common import URING, WITH_HEALTH, available_loops, baseline
 from oxloop import _bench as micro
 
 ECHO_KINDS = ("protocol", "buffered", "streams", "sock")
@@ -58,8 +58,10 @@ def machine() -> dict:
 def version(loop: str) -> str:
     if loop == "asyncio":
         return f"Python {sys.version.split()[0]}"
+    # oxloop's other columns (its health figures on, its io_uring flavour).
+    package = "oxloop" if loop in (WITH_HEALTH, URING) else loop
     try:
-        return importlib.metadata.version(loop)
+        return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
         return "?"
 
@@ -192,7 +194,8 @@ Raw figures: [benchmarks.json](benchmarks.json).
 
 ## Method
 - Machine: {info["cpu"]}, {info["cores"]} cores, Linux {info["kernel"]}, Python {info["python"]}.
-- Loops: {versions}.
+- Loops: {versions}. "oxloop" is `oxloop.new_event_loop()` (epoll), "oxloop+health" the
+  same with its health figures on, "oxloop-uring" `oxloop.ProactorEventLoop()` (io_uring).
 - Micro benchmarks (`oxloop._bench`, what `python -m oxloop bench` runs in a quick version):
   each (loop, benchmark) runs {results["repeat"]} times, each time in a fresh process, the
   loops taking turns; the figure is the median ops/s.
