@@ -653,3 +653,71 @@ def test_a_transport_closed_with_bytes_unread_lets_go_of_its_socket(loop, open_f
         pass
     b.close()
     assert open_fds() <= before - 2
+
+
+def test_a_small_write_counts_as_sent_and_many_arrive_whole_and_in_order(loop):
+    # On io_uring a small write is a send made with the loop's next wait:
+    # the transport shows it as sent at once, as a send() would have, and
+    # what the socket does not take is buffered, paused for and flushed.
+    a, b = socket.socketpair()
+    messages = [i.to_bytes(4, "big") * 250 for i in range(4000)]
+
+    async def main():
+        a.setblocking(False)
+        b.setblocking(False)
+        transport, proto = await loop.connect_accepted_socket(lambda: Collect(loop), a)
+        transport.write(messages[0])
+        assert transport.get_write_buffer_size() == 0
+        assert await loop.sock_recv(b, 2000) == messages[0]
+        for message in messages[1:]:
+            transport.write(message)
+        assert transport.get_write_buffer_size() > 0
+        await asyncio.sleep(0.01)
+        assert "pause" in proto.events
+        received = bytearray()
+        want = sum(map(len, messages[1:]))
+        while len(received) < want:
+            received += await asyncio.wait_for(loop.sock_recv(b, 65536), 30)
+        assert received == b"".join(messages[1:])
+        assert transport.get_write_buffer_size() == 0
+        assert proto.events == ["made", "pause", "resume"]
+        transport.close()
+        await asyncio.wait_for(proto.lost, 30)
+
+    loop.run_until_complete(main())
+    b.close()
+
+
+def test_bytes_written_just_before_abort_reach_the_peer(loop):
+    # asyncio's loop sends a write at once; a send the loop makes with its
+    # next wait is made before abort() lets go of the socket.
+    a, b = socket.socketpair()
+
+    async def main():
+        a.setblocking(False)
+        transport, proto = await loop.connect_accepted_socket(lambda: Collect(loop), a)
+        transport.write(b"last words")
+        transport.abort()
+        await asyncio.wait_for(proto.lost, 30)
+
+    loop.run_until_complete(main())
+    b.settimeout(10)
+    assert b.recv(100) == b"last words"
+    assert b.recv(100) == b""
+    b.close()
+
+
+def test_bytes_written_as_the_loop_stops_reach_the_peer_when_it_closes(loop):
+    a, b = socket.socketpair()
+
+    async def main():
+        a.setblocking(False)
+        transport, _ = await loop.connect_accepted_socket(lambda: Collect(loop), a)
+        transport.write(b"bye")
+
+    loop.run_until_complete(main())
+    loop.close()
+    b.settimeout(10)
+    assert b.recv(100) == b"bye"
+    a.close()
+    b.close()

@@ -149,6 +149,12 @@ class SocketStreamCoreOwner(ReadingStreamCoreOwner, WritingStreamCoreOwner, Prot
         or the write error. Called by src/transport/stream.rs while a
         sendfile is in progress."""
 
+    def _maybe_pause_protocol(self) -> None:
+        """Pauses the protocol's writing once the buffer is above the high
+        water mark (asyncio's `_FlowControlMixin`). Called by
+        src/transport/stream.rs when a send the backend made with its wait
+        left bytes to buffer, as `write()` does for a `send()`'s rest."""
+
 
 # -- asyncio's private state that oxloop reads natively ----------------------
 

@@ -92,6 +92,9 @@ pub struct Event {
     /// What was received for the fd's reader, in order with the fd's
     /// other reports.
     pub received: Option<Received>,
+    /// The result of the send queued for the fd ([`Backend::send`]): the
+    /// bytes sent, or a negated errno (`-EAGAIN`: the socket took none).
+    pub sent: Option<i32>,
 }
 
 impl Event {
@@ -103,6 +106,7 @@ impl Event {
             readable: revents & !(libc::POLLOUT as u32) != 0,
             writable: revents & !(libc::POLLIN as u32) != 0,
             received: None,
+            sent: None,
         }
     }
 
@@ -113,6 +117,19 @@ impl Event {
             readable: true,
             writable: false,
             received: Some(received),
+            sent: None,
+        }
+    }
+
+    /// The report of the send queued for `fd`: `result` is the bytes sent
+    /// or a negated errno.
+    pub fn sent(fd: RawFd, result: i32) -> Self {
+        Event {
+            fd,
+            readable: false,
+            writable: false,
+            received: None,
+            sent: Some(result),
         }
     }
 }
@@ -156,7 +173,33 @@ pub trait Backend: Send {
     /// `into`.
     fn take_received(&mut self, _fd: RawFd, _into: &mut Vec<Received>) {}
 
-    /// Releases what the backend holds from the OS (or the user's selector).
+    /// Whether the backend sends for transports ([`Backend::send`]); false
+    /// (the default): they send by system call.
+    fn sends(&self) -> bool {
+        false
+    }
+
+    /// Queues a send of the `len` bytes at `ptr` on the socket `fd`, made
+    /// by the next wait with every other operation queued (one system call
+    /// for all), without waiting for room: that wait reports its result
+    /// ([`Event::sent`]). One send per fd at a time.
+    ///
+    /// # Safety
+    /// The bytes stay alive and unchanged until the report is taken from
+    /// a wait, or until [`Backend::flush_sends`] or [`Backend::close`]
+    /// returned.
+    unsafe fn send(&mut self, _fd: RawFd, _ptr: *const u8, _len: usize) -> io::Result<()> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
+    /// Makes the sends queued now, before their wait: their bytes are
+    /// free once it returns (their reports come with the next wait).
+    fn flush_sends(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// Releases what the backend holds from the OS (or the user's
+    /// selector), making the sends queued first.
     fn close(&mut self);
 
     /// In a forked child: lets go of the kernel state shared with the

@@ -147,6 +147,7 @@ fn select(
                     readable: bits & EVENT_READ != 0,
                     writable: bits & EVENT_WRITE != 0,
                     received: None,
+                    sent: None,
                 });
             }
         }

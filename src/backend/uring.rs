@@ -11,8 +11,12 @@
 //! flight holds a reference to its file, so the fds a user may close while
 //! watched (`add_reader`, `sock_*` waits) are in an epoll set instead,
 //! which a close leaves by itself; that set and the waker in it are one
-//! more poll. The wait is one `io_uring_enter` with its timeout, or a plain
-//! epoll wait while no operation is in flight.
+//! more poll. A transport's send ([`Backend::send`]) is an operation queued
+//! until the next wait, which makes every send of the loop's iteration
+//! with it, and never waits for room (`MSG_DONTWAIT`: it ends within the
+//! system call that submits it, so its bytes are free once that returns).
+//! The wait is one `io_uring_enter` with its timeout, or a plain epoll wait
+//! while no operation is in flight.
 
 use super::bufring::{self, BufRing};
 use super::epoll::Epoll;
@@ -37,6 +41,19 @@ const CQ_ENTRIES: u32 = 16384;
 const EPOLL_FD: RawFd = -1;
 /// The `user_data` of a poll's removal, whose completion says nothing.
 const REMOVAL: u64 = u64::MAX - 1;
+/// The mark of a send's `user_data`, which is the mark and the fd (one
+/// send per fd at a time): no fd has this bit (`nr_open` is below 2^30),
+/// and another token's upper half is its nonzero generation.
+const SEND: u64 = 1 << 30;
+
+fn send_token(fd: RawFd) -> u64 {
+    SEND | u64::from(fd as u32)
+}
+
+/// The fd of a send's `user_data`.
+fn sent_fd(token: u64) -> Option<RawFd> {
+    (token >> 30 == 1).then_some((token & (SEND - 1)) as RawFd)
+}
 
 /// How long stopping a receive waits for its last completions before it
 /// gives them up (they come with the wait that submits the cancellation).
@@ -71,6 +88,16 @@ struct Recv {
 /// One completion: `user_data`, result and flags.
 type Completion = (u64, i32, u32);
 
+/// A send queued ([`Backend::send`]): its fd, bytes, and its place among
+/// the entries pushed to the submission queue, which tells whether the
+/// kernel has taken it.
+struct QueuedSend {
+    fd: RawFd,
+    addr: usize,
+    len: usize,
+    seq: u64,
+}
+
 /// An io_uring instance, and the epoll set (with the waker) it polls.
 pub struct Uring {
     ring: Option<IoUring>,
@@ -97,6 +124,12 @@ pub struct Uring {
     done: Vec<Completion>,
     /// What stopped receives had received, for `take_received`.
     leftover: Vec<(RawFd, Received)>,
+    /// Sends queued and perhaps not yet taken by the kernel: those it has
+    /// not taken when the ring is left (another thread's, below) are
+    /// queued again on the new one.
+    sends: Vec<QueuedSend>,
+    /// The entries pushed to the current ring's submission queue.
+    pushed: u64,
     generation: u32,
 }
 
@@ -203,10 +236,13 @@ fn open_ring() -> io::Result<(IoUring, Option<Arc<BufRing>>)> {
         builder.setup_cqsize(CQ_ENTRIES);
         match run {
             TaskRun::Deferred => {
+                // SUBMIT_ALL (5.18): a failed entry does not stop the rest,
+                // so every entry queued is taken by the next submission.
                 builder
                     .setup_single_issuer()
                     .setup_defer_taskrun()
-                    .setup_taskrun_flag();
+                    .setup_taskrun_flag()
+                    .setup_submit_all();
             }
             TaskRun::Cooperative => {
                 builder.setup_coop_taskrun();
@@ -261,6 +297,8 @@ impl Uring {
             early: Vec::new(),
             done: Vec::new(),
             leftover: Vec::new(),
+            sends: Vec::new(),
+            pushed: 0,
             generation: 0,
         })
     }
@@ -284,6 +322,9 @@ impl Uring {
         let mut old = std::mem::take(&mut self.done);
         if let Some(mut ring) = self.ring.take() {
             old.extend(ring.completion().map(completion));
+            // The sends the old ring never took are made by the new one.
+            let taken = self.pushed - ring.submission().len() as u64;
+            self.sends.retain(|s| s.seq >= taken);
         }
         let mut early = std::mem::take(&mut self.early);
         for (token, res, flags) in old {
@@ -317,6 +358,10 @@ impl Uring {
             self.reported.push(fd);
         }
         self.epoll_idle = true;
+        self.pushed = 0;
+        for send in std::mem::take(&mut self.sends) {
+            self.queue_send(send.fd, send.addr, send.len)?;
+        }
         Ok(())
     }
 
@@ -332,8 +377,10 @@ impl Uring {
         loop {
             // SAFETY: polls, receives and their cancellations point at no
             // memory of ours: a receive's buffers are the ring's, which
-            // outlives every receive (see `close`).
+            // outlives every receive (see `close`); a send's bytes are its
+            // caller's to keep until it ended (see `Backend::send`).
             if unsafe { ring.submission().push(&entry) }.is_ok() {
+                self.pushed += 1;
                 return Ok(());
             }
             match ring.submit() {
@@ -342,6 +389,28 @@ impl Uring {
                 }
                 r => drop(r?),
             }
+        }
+    }
+
+    /// Queues a send of the `len` bytes at `addr` on `fd`, which ends
+    /// within the submission that makes it (`MSG_DONTWAIT`).
+    fn queue_send(&mut self, fd: RawFd, addr: usize, len: usize) -> io::Result<()> {
+        let len32 = u32::try_from(len).unwrap_or(u32::MAX);
+        let entry = opcode::Send::new(types::Fd(fd), addr as *const u8, len32)
+            .flags(libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(send_token(fd));
+        self.push(entry)?;
+        let seq = self.pushed - 1;
+        self.sends.push(QueuedSend { fd, addr, len, seq });
+        Ok(())
+    }
+
+    /// Forgets the sends the kernel has taken: they have ended.
+    fn forget_taken_sends(&mut self) {
+        if let Some(ring) = self.ring.as_mut() {
+            let taken = self.pushed - ring.submission().len() as u64;
+            self.sends.retain(|s| s.seq >= taken);
         }
     }
 
@@ -531,6 +600,7 @@ impl Uring {
         self.leftover.clear();
         self.early.clear();
         self.done.clear();
+        self.sends.clear();
     }
 }
 
@@ -681,13 +751,14 @@ impl Backend for Uring {
 
     fn wait(&mut self, timeout: Option<Duration>, events: &mut Vec<Event>) -> io::Result<()> {
         self.ring()?;
-        if self.watched.is_empty() && self.epoll_idle {
-            // Only late completions of operations removed are left to reap
-            // (a receive's buffer goes back to the ring).
+        if self.watched.is_empty() && self.epoll_idle && self.sends.is_empty() {
+            // Only late completions are left to reap: of operations removed
+            // (a receive's buffer goes back to the ring) and of sends made
+            // before their wait (`flush_sends`), which are reported.
             let ring = self.ring.as_mut().ok_or_else(closed)?;
             let late: Vec<Completion> = ring.completion().map(completion).collect();
-            for (_, res, flags) in self.done.drain(..).chain(late).collect::<Vec<_>>() {
-                drop(self.received(res, flags));
+            for (token, res, flags) in self.done.drain(..).chain(late).collect::<Vec<_>>() {
+                self.complete(token, res, flags, events);
             }
             return self.epoll.wait(timeout, events);
         }
@@ -697,6 +768,7 @@ impl Backend for Uring {
         let ring = self.ring.as_mut().ok_or_else(closed)?;
         let ready = !ring.completion().is_empty() || !self.done.is_empty();
         let blocking = !ready && timeout != Some(Duration::ZERO);
+        // Sends end as they are submitted: their results end the wait.
         let entered = match timeout {
             _ if !blocking => ring.submit(),
             None => ring.submit_and_wait(1),
@@ -706,6 +778,7 @@ impl Backend for Uring {
                 ring.submitter().submit_with_args(1, &args)
             }
         };
+        self.forget_taken_sends();
         match entered {
             Ok(_) => {}
             Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EBUSY)) => {}
@@ -742,6 +815,34 @@ impl Backend for Uring {
         self.bufs.is_some()
     }
 
+    fn sends(&self) -> bool {
+        self.bufs.is_some()
+    }
+
+    unsafe fn send(&mut self, fd: RawFd, ptr: *const u8, len: usize) -> io::Result<()> {
+        self.ring()?;
+        self.adopt()?;
+        self.queue_send(fd, ptr as usize, len)
+    }
+
+    fn flush_sends(&mut self) -> io::Result<()> {
+        if self.sends.is_empty() {
+            return Ok(());
+        }
+        self.adopt()?;
+        while !self.sends.is_empty() {
+            let ring = self.ring.as_mut().ok_or_else(closed)?;
+            match ring.submit() {
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EAGAIN)) => {
+                    self.done.extend(ring.completion().map(completion));
+                }
+                r => drop(r?),
+            }
+            self.forget_taken_sends();
+        }
+        Ok(())
+    }
+
     fn take_received(&mut self, fd: RawFd, into: &mut Vec<Received>) {
         if self.leftover.is_empty() {
             return;
@@ -754,6 +855,9 @@ impl Backend for Uring {
     }
 
     fn close(&mut self) {
+        // Their bytes were handed to the loop to send, as a system call
+        // would have sent them at once; no report will be taken.
+        let _ = self.flush_sends();
         self.release();
     }
 
@@ -773,6 +877,9 @@ impl Uring {
     fn complete(&mut self, token: u64, res: i32, flags: u32, events: &mut Vec<Event>) {
         if token == REMOVAL || token == PROBE {
             return;
+        }
+        if let Some(fd) = sent_fd(token) {
+            return events.push(Event::sent(fd, res));
         }
         let fd = token as u32 as RawFd;
         let watch = self.watched.get(&fd);
@@ -1098,6 +1205,103 @@ mod tests {
                 .unwrap_err();
             assert_eq!(err.raw_os_error(), Some(libc::EPERM));
         }
+    }
+
+    /// What `fd` has to read now (nothing: empty), up to 64 KiB.
+    fn readable_now(fd: RawFd) -> Vec<u8> {
+        let mut buf = vec![0u8; 65536];
+        // SAFETY: reads into a local buffer of that size.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        buf.truncate(n.max(0) as usize);
+        buf
+    }
+
+    #[test]
+    fn a_send_is_made_by_the_next_wait_and_reported() {
+        let mut ring = uring();
+        assert!(ring.sends());
+        let (a, b) = socketpair();
+        let data = b"hello".to_vec();
+        // SAFETY: `data` outlives the wait that reports the send.
+        unsafe { ring.send(a.as_raw_fd(), data.as_ptr(), data.len()) }.unwrap();
+        assert_eq!(readable_now(b.as_raw_fd()), b"");
+        let evs = reported(&mut ring, Duration::from_secs(1));
+        assert_eq!(evs, vec![Event::sent(a.as_raw_fd(), 5)]);
+        assert_eq!(readable_now(b.as_raw_fd()), b"hello");
+    }
+
+    #[test]
+    fn a_send_to_a_full_socket_ends_at_once_having_sent_nothing() {
+        let mut ring = uring();
+        let (a, b) = socketpair();
+        let fd = a.as_raw_fd();
+        let block = [1u8; 65536];
+        // SAFETY: writes from a live buffer until the socket takes no more.
+        while unsafe { libc::write(fd, block.as_ptr().cast(), block.len()) } > 0 {}
+        let data = [7u8; 100];
+        // SAFETY: `data` outlives the wait that reports the send.
+        unsafe { ring.send(fd, data.as_ptr(), data.len()) }.unwrap();
+        let evs = reported(&mut ring, Duration::from_secs(5));
+        assert_eq!(evs, vec![Event::sent(fd, -libc::EAGAIN)]);
+        let mut drained = 0;
+        loop {
+            let got = readable_now(b.as_raw_fd());
+            if got.is_empty() {
+                break;
+            }
+            assert!(
+                got.iter().all(|&x| x == 1),
+                "the failed send's bytes arrived"
+            );
+            drained += got.len();
+        }
+        assert!(drained > 0);
+    }
+
+    #[test]
+    fn flushed_sends_are_made_at_once_and_reported_by_the_next_wait() {
+        let mut ring = uring();
+        let (a, b) = socketpair();
+        let data = b"now".to_vec();
+        // SAFETY: `data` outlives the flush, which ends the send.
+        unsafe { ring.send(a.as_raw_fd(), data.as_ptr(), data.len()) }.unwrap();
+        ring.flush_sends().unwrap();
+        assert_eq!(readable_now(b.as_raw_fd()), b"now");
+        drop(data);
+        let evs = reported(&mut ring, Duration::from_secs(1));
+        assert_eq!(evs, vec![Event::sent(a.as_raw_fd(), 3)]);
+    }
+
+    #[test]
+    fn closing_makes_the_queued_sends() {
+        let mut ring = uring();
+        let (a, b) = socketpair();
+        let data = b"last words".to_vec();
+        // SAFETY: `data` outlives the close, which ends the send.
+        unsafe { ring.send(a.as_raw_fd(), data.as_ptr(), data.len()) }.unwrap();
+        ring.close();
+        assert_eq!(readable_now(b.as_raw_fd()), b"last words");
+    }
+
+    #[test]
+    fn a_send_queued_on_one_thread_s_ring_is_made_once_by_another_s() {
+        let mut ring = uring();
+        let (a, b) = socketpair();
+        let fd = a.as_raw_fd();
+        reported(&mut ring, Duration::ZERO);
+        let data = b"moved".to_vec();
+        // SAFETY: `data` moves with the ring (its heap block does not) and
+        // outlives the wait that reports the send.
+        unsafe { ring.send(fd, data.as_ptr(), data.len()) }.unwrap();
+        let (ring, data, evs) = std::thread::spawn(move || {
+            let evs = reported(&mut ring, Duration::from_secs(1));
+            (ring, data, evs)
+        })
+        .join()
+        .unwrap();
+        assert_eq!(evs, vec![Event::sent(fd, 5)]);
+        assert_eq!(readable_now(b.as_raw_fd()), b"moved");
+        drop((ring, data));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use parking_lot::Mutex;
 use pyo3::exceptions::PyValueError;
 use pyo3::intern;
 use pyo3::prelude::*;
+use rustc_hash::FxHashMap;
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -35,6 +36,11 @@ pub struct Io {
     waits_detached: AtomicBool,
     /// The backend receives for the readers that ask (see `Backend`).
     receives: AtomicBool,
+    /// The backend sends for transports (see `Backend::sends`).
+    sends: AtomicBool,
+    /// The transport of each fd with a send queued in the backend, told
+    /// its result; held, with the bytes it keeps, until then.
+    senders: GilCell<FxHashMap<RawFd, Arc<dyn IoTarget>>>,
     /// The fork generation the backend belongs to (see `fork`).
     forks: AtomicU64,
 }
@@ -48,6 +54,8 @@ impl Io {
             waker: GilCell::new(None),
             waits_detached: AtomicBool::new(false),
             receives: AtomicBool::new(false),
+            sends: AtomicBool::new(false),
+            senders: GilCell::new(FxHashMap::default()),
             forks: AtomicU64::new(fork::generation()),
         }
     }
@@ -58,6 +66,7 @@ impl Io {
         let backend = backend::open(kind, waker.clone())?;
         self.waits_detached.store(backend.waits_detached(), Relaxed);
         self.receives.store(backend.receives(), Relaxed);
+        self.sends.store(backend.sends(), Relaxed);
         self.forks.store(fork::generation(), Relaxed);
         let old = self.backend.lock().replace(backend);
         if let Some(mut old) = old {
@@ -74,12 +83,62 @@ impl Io {
         self.receives.load(Relaxed)
     }
 
-    /// Closes the backend and the waker.
+    /// Whether the backend sends for transports ([`Io::send`]).
+    pub fn sends(&self) -> bool {
+        self.sends.load(Relaxed)
+    }
+
+    /// Queues a send of the `len` bytes at `ptr` on `fd` in the backend
+    /// ([`Backend::send`]), whose result goes to `target`
+    /// ([`IoTarget::sent`]); false when it cannot be queued now (the
+    /// backend is busy in another thread's wait, or closed): the caller
+    /// sends by system call.
+    ///
+    /// # Safety
+    /// As [`Backend::send`]: the bytes stay alive and unchanged until
+    /// `target` is told the result or [`Io::stop_send`] returned.
+    pub unsafe fn send(
+        &self,
+        fd: RawFd,
+        target: Arc<dyn IoTarget>,
+        ptr: *const u8,
+        len: usize,
+    ) -> PyResult<bool> {
+        self.check_fork()?;
+        let Some(mut backend) = self.backend.try_lock() else {
+            return Ok(false);
+        };
+        let Some(backend) = backend.as_mut() else {
+            return Ok(false);
+        };
+        // SAFETY: the caller keeps the bytes as `Backend::send` asks.
+        if unsafe { backend.send(fd, ptr, len) }.is_err() {
+            return Ok(false);
+        }
+        let previous = self.senders.lock().insert(fd, target);
+        drop(previous);
+        Ok(true)
+    }
+
+    /// Makes `fd`'s queued send now and forgets its sender, which may then
+    /// drop its bytes; its result is not reported.
+    pub fn stop_send(&self, fd: RawFd) -> PyResult<()> {
+        let sender = self.senders.lock().remove(&fd);
+        if sender.is_some() {
+            self.with_backend(|b| b.flush_sends())?;
+        }
+        drop(sender);
+        Ok(())
+    }
+
+    /// Closes the backend (which makes the sends queued) and the waker.
     pub fn close(&self) {
         let backend = self.backend.lock().take();
         if let Some(mut backend) = backend {
             backend.close();
         }
+        let senders = std::mem::take(&mut *self.senders.lock());
+        drop(senders);
         drop(self.waker.lock().take());
     }
 
@@ -314,6 +373,9 @@ impl Io {
             return Ok(());
         };
         if backend.reopen(waker.clone())? {
+            // The parent's sends are the parent's to make.
+            let senders = std::mem::take(&mut *self.senders.lock());
+            drop(senders);
             for (fd, interest) in watched {
                 backend.set_interest(fd, Interest::default(), interest)?;
             }
@@ -367,6 +429,13 @@ impl Io {
         let reg = self.registry.lock();
         let mut stale = Vec::new();
         for ev in events {
+            if let Some(result) = ev.sent {
+                let sender = self.senders.lock().remove(&ev.fd);
+                if let Some(t) = sender.filter(|t| t.sent(py, result)) {
+                    ready.push(Ready::Io(t, Side::Write), due);
+                }
+                continue;
+            }
             let Some(r) = reg.get(ev.fd) else {
                 continue;
             };

@@ -16,7 +16,7 @@ use super::handle;
 use super::health;
 use super::io::Io;
 use super::ready::{Ready, ReadyQueue, PENDING};
-use super::registry::{Registration, Side, Watcher};
+use super::registry::{self, NativeWatcher, Registration, Side, Watcher};
 use super::task;
 use super::timers::{monotonic, resolution, seconds, Timers};
 use crate::backend::{self, Event};
@@ -319,6 +319,37 @@ impl Engine {
     /// [`NativeWatcher::receives`](super::NativeWatcher::receives)).
     pub fn receives(&self) -> bool {
         self.io.receives()
+    }
+
+    /// Whether the backend sends for native cores ([`Engine::send`]).
+    pub fn sends(&self) -> bool {
+        self.io.sends()
+    }
+
+    /// Queues a send of the `len` bytes at `ptr` on `fd` in the backend,
+    /// made with the next wait; its result goes to `core`
+    /// ([`NativeWatcher::sent`](super::NativeWatcher::sent)), in the
+    /// current context. False when it cannot be queued now: `core` sends
+    /// by system call.
+    ///
+    /// # Safety
+    /// The bytes stay alive and unchanged until `core` is told the result
+    /// or [`Engine::stop_send`] returned.
+    pub unsafe fn send<T: NativeWatcher>(
+        &self,
+        core: &Bound<'_, T>,
+        fd: RawFd,
+        ptr: *const u8,
+        len: usize,
+    ) -> PyResult<bool> {
+        let target = registry::target(core)?;
+        // SAFETY: the caller keeps the bytes as asked.
+        unsafe { self.io.send(fd, target, ptr, len) }
+    }
+
+    /// Makes `fd`'s queued send now, its result untold: its bytes may go.
+    pub fn stop_send(&self, fd: RawFd) -> PyResult<()> {
+        self.io.stop_send(fd)
     }
 
     /// Queues `fd`'s reader, a native core, to run as if the fd were

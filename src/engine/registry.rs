@@ -57,6 +57,13 @@ pub trait NativeWatcher: PyClass<Frozen = True> + Sync {
     fn received(_slf: &Bound<'_, Self>, _received: Received) -> bool {
         false
     }
+
+    /// The result of the send the core queued in the backend (the bytes
+    /// sent, or a negated errno). True when the core has more to do, so
+    /// `on_ready(Side::Write)` must be queued.
+    fn sent(_slf: &Bound<'_, Self>, _result: i32) -> bool {
+        false
+    }
 }
 
 /// What the engine calls for a [`NativeWatcher`], whatever its type.
@@ -69,6 +76,9 @@ pub trait IoTarget: Send + Sync {
 
     /// See [`NativeWatcher::received`].
     fn received(&self, py: Python<'_>, received: Received) -> bool;
+
+    /// See [`NativeWatcher::sent`].
+    fn sent(&self, py: Python<'_>, result: i32) -> bool;
 
     /// Visits the core, for the garbage collector.
     fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError>;
@@ -107,6 +117,10 @@ impl<T: NativeWatcher> IoTarget for Native<T> {
         T::received(self.core.bind(py), received)
     }
 
+    fn sent(&self, py: Python<'_>, result: i32) -> bool {
+        T::sent(self.core.bind(py), result)
+    }
+
     fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
         (&self.core, &self.context).traverse(visit)
     }
@@ -122,6 +136,19 @@ impl<T: NativeWatcher> IoTarget for Native<T> {
     fn describe(&self, py: Python<'_>) -> PyResult<String> {
         Ok(self.core.bind(py).as_any().repr()?.to_string())
     }
+}
+
+/// What the engine calls for `core` (in a copy of the current context
+/// when `T::IN_CONTEXT`).
+pub fn target<T: NativeWatcher>(core: &Bound<'_, T>) -> PyResult<Arc<dyn IoTarget>> {
+    let context = match T::IN_CONTEXT {
+        true => Some(context::copy_current(core.py())?.unbind()),
+        false => None,
+    };
+    Ok(Arc::new(Native {
+        core: core.clone().unbind(),
+        context,
+    }))
 }
 
 /// One side's watcher.
@@ -145,14 +172,7 @@ impl Watcher {
     /// The watcher that calls `core` directly (in a copy of the current
     /// context when `T::IN_CONTEXT`).
     pub fn native<T: NativeWatcher>(core: &Bound<'_, T>) -> PyResult<Self> {
-        let context = match T::IN_CONTEXT {
-            true => Some(context::copy_current(core.py())?.unbind()),
-            false => None,
-        };
-        Ok(Watcher::Native(Arc::new(Native {
-            core: core.clone().unbind(),
-            context,
-        })))
+        target(core).map(Watcher::Native)
     }
 
     /// True when this is `core`'s native watcher.

@@ -24,7 +24,9 @@ pub enum Chunk {
 }
 
 impl Chunk {
-    fn rest<'a>(&'a self, py: Python<'a>) -> &'a [u8] {
+    /// What is left to send. Its address is the `bytes` object's or the
+    /// copy's heap block, which moving the chunk does not move.
+    pub fn rest<'a>(&'a self, py: Python<'a>) -> &'a [u8] {
         match self {
             Chunk::Bytes(b, off) => &b.as_bytes(py)[*off..],
             Chunk::Owned(v, off) => &v[*off..],
@@ -132,8 +134,9 @@ impl WriteBuffer {
         Ok((n, self.consume(py, n)))
     }
 
-    /// Marks `n` bytes as sent.
-    fn consume(&mut self, py: Python<'_>, mut n: usize) -> Vec<Chunk> {
+    /// Marks `n` bytes as sent; returns the chunks fully sent (to release
+    /// outside any lock).
+    pub fn consume(&mut self, py: Python<'_>, mut n: usize) -> Vec<Chunk> {
         self.size -= n;
         let mut done = Vec::new();
         while n > 0 {

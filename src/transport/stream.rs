@@ -102,6 +102,15 @@ struct State {
     /// What a backend that receives read for this transport and the
     /// protocol has not taken yet.
     inbox: Inbox,
+    /// The bytes at the buffer's front that a send queued in the backend
+    /// is sending (see `write`): they count as sent, as a `send()` at once
+    /// would have sent them, until its result says otherwise.
+    sending: usize,
+    /// The errno a send queued in the backend failed with.
+    send_error: Option<i32>,
+    /// A send queued in the backend ended with more to do than it did:
+    /// `write_ready` finishes what a `write()` would have.
+    after_send: bool,
 }
 
 impl Traverse for State {
@@ -149,6 +158,31 @@ impl NativeWatcher for StreamCore {
         let (was_empty, paused) = (st.inbox.is_empty(), st.paused);
         st.inbox.push(received, paused);
         was_empty && !paused
+    }
+
+    fn sent(slf: &Bound<'_, Self>, result: i32) -> bool {
+        let py = slf.py();
+        let (more, done) = {
+            let mut st = slf.get().state.lock();
+            let len = std::mem::take(&mut st.sending);
+            if len == 0 || st.conn_lost > 0 {
+                return false;
+            }
+            let done = match result {
+                n if n > 0 => st.buffer.consume(py, n as usize),
+                e if e == 0 || e == -libc::EAGAIN => Vec::new(),
+                e => {
+                    st.send_error = Some(-e);
+                    Vec::new()
+                }
+            };
+            let whole = usize::try_from(result).is_ok_and(|n| n == len);
+            let more = !whole || !st.buffer.is_empty() || st.closing || st.eof || st.sendfile;
+            st.after_send |= more;
+            (more, done)
+        };
+        drop(done);
+        more
     }
 }
 
@@ -504,16 +538,36 @@ impl StreamCore {
     fn write_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let flushed = {
+        let (flushed, after_send) = {
             let mut st = this.state.lock();
-            if st.conn_lost > 0 || st.buffer.is_empty() {
+            // A send queued in the backend goes first; its result comes.
+            if st.conn_lost > 0 || st.sending > 0 {
                 return Ok(());
             }
-            st.buffer.flush(py, this.fd, this.kind)
+            let after_send = std::mem::take(&mut st.after_send);
+            let flushed = match st.send_error.take() {
+                Some(errno) => Err(io::Error::from_raw_os_error(errno)),
+                None if !st.buffer.is_empty() => st.buffer.flush(py, this.fd, this.kind),
+                None if after_send => Ok((0, Vec::new())),
+                None => return Ok(()),
+            };
+            (flushed, after_send)
         };
         let transport = this.transport.bind(py);
+        // What the backend's send did not take is buffered now, as what a
+        // `send()` at once did not take is in `write`.
+        let buffered = |slf: &Bound<'_, Self>| -> PyResult<()> {
+            Self::watch(slf, Side::Write, true)?;
+            transport.call_method0(intern!(py, "_maybe_pause_protocol"))?;
+            Ok(())
+        };
         match flushed {
-            Err(e) if would_block(&e) => return Ok(()),
+            Err(e) if would_block(&e) => {
+                if after_send {
+                    buffered(slf)?;
+                }
+                return Ok(());
+            }
             Err(e) => {
                 Self::watch(slf, Side::Write, false)?;
                 let (dropped, sendfile) = {
@@ -546,6 +600,8 @@ impl StreamCore {
             } else if eof {
                 shutdown_write(this.fd)?;
             }
+        } else if after_send {
+            buffered(slf)?;
         }
         Ok(())
     }
@@ -724,7 +780,8 @@ impl StreamCore {
     }
 
     fn get_write_buffer_size(&self) -> usize {
-        self.state.lock().buffer.size()
+        let st = self.state.lock();
+        st.buffer.size() - st.sending
     }
 
     /// True when nothing waits to be written.
@@ -739,6 +796,10 @@ impl StreamCore {
 
     /// asyncio's `write`: sends at once what the socket takes and buffers the
     /// rest. True when data was buffered, so flow control has to look.
+    /// Where the backend sends (io_uring), a socket's write of less than
+    /// [`BULK_READ`] with nothing buffered is a send the backend makes with
+    /// the next wait, every send of the iteration in one system call; the
+    /// bytes count as sent, and `sent` takes the result.
     fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<bool> {
         let py = slf.py();
         let this = slf.get();
@@ -781,6 +842,28 @@ impl StreamCore {
                 return Ok(false);
             }
             let mut sent = 0;
+            if empty && this.kind == FdKind::Socket && bytes.len() < BULK_READ {
+                let engine = this.engine.get();
+                if engine.sends() {
+                    let chunk = match whole {
+                        Some(b) => Chunk::Bytes(b.clone().unbind(), 0),
+                        None => Chunk::Owned(bytes.to_vec(), 0),
+                    };
+                    let rest = chunk.rest(py);
+                    let (ptr, len) = (rest.as_ptr(), rest.len());
+                    // SAFETY: the chunk goes to the buffer's front, where its
+                    // bytes stay unchanged (and unmoved: see `Chunk::rest`)
+                    // until `sent` takes them or `force_close` has stopped
+                    // the send.
+                    if unsafe { engine.send(slf, this.fd, ptr, len) }? {
+                        let mut st = this.state.lock();
+                        st.sending = len;
+                        let empty = st.buffer.push(py, chunk);
+                        drop(empty);
+                        return Ok(false);
+                    }
+                }
+            }
             if empty {
                 match send(this.fd, bytes, this.kind) {
                     Ok(n) if n == bytes.len() => return Ok(false),
@@ -883,6 +966,12 @@ impl StreamCore {
     #[pyo3(signature = (exc=None))]
     fn force_close(slf: &Bound<'_, Self>, exc: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
         let this = slf.get();
+        if this.state.lock().sending > 0 {
+            // Made now (a `send()` at once would have sent it), so that its
+            // bytes can go with the buffer.
+            this.engine.get().stop_send(this.fd)?;
+            this.state.lock().sending = 0;
+        }
         let (dropped, stop_reading) = {
             let mut st = this.state.lock();
             if st.conn_lost > 0 {
