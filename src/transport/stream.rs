@@ -797,9 +797,10 @@ impl StreamCore {
     /// asyncio's `write`: sends at once what the socket takes and buffers the
     /// rest. True when data was buffered, so flow control has to look.
     /// Where the backend sends (io_uring), a socket's write of less than
-    /// [`BULK_READ`] with nothing buffered is a send the backend makes with
-    /// the next wait, every send of the iteration in one system call; the
-    /// bytes count as sent, and `sent` takes the result.
+    /// [`BULK_READ`] with nothing buffered, but the loop pass's first, is a
+    /// send the backend makes with the next wait, every such send of the
+    /// pass in one system call; the bytes count as sent, and `sent` takes
+    /// the result.
     fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<bool> {
         let py = slf.py();
         let this = slf.get();
