@@ -7,6 +7,7 @@ import asyncio
 import os
 import socket
 import tempfile
+import threading
 
 import pytest
 
@@ -598,6 +599,41 @@ def test_small_then_bulk_then_small_messages_arrive_whole_and_in_order(loop):
     b.setblocking(False)
     loop.run_until_complete(main())
     b.close()
+
+
+def test_bulk_flows_from_busy_peers_arrive_whole_and_in_order(loop):
+    # On io_uring a connection whose receive a bulk chunk ends may have had
+    # more received by then (its peer, in another thread, keeps sending;
+    # another connection's ending receive waited for the kernel): that goes
+    # to the protocol too, before what read() reads after it.
+    pairs = [socket.socketpair() for _ in range(8)]
+    sent = b"".join(bytes([i % 256]) * 1000 for i in range(50)) + bytes(range(256)) * 8192
+
+    def peer(b):
+        b.sendall(sent)
+        b.shutdown(socket.SHUT_WR)
+
+    async def main():
+        protos = []
+        for a, _ in pairs:
+            a.setblocking(False)
+            _, proto = await loop.connect_accepted_socket(lambda: Collect(loop), a)
+            protos.append(proto)
+        threads = [threading.Thread(target=peer, args=(b,)) for _, b in pairs]
+        for thread in threads:
+            thread.start()
+        try:
+            await asyncio.wait_for(asyncio.gather(*(p.lost for p in protos)), 30)
+        finally:
+            for thread in threads:
+                await loop.run_in_executor(None, thread.join)
+        for proto in protos:
+            assert len(proto.data) == len(sent)
+            assert proto.data == sent
+
+    loop.run_until_complete(main())
+    for _, b in pairs:
+        b.close()
 
 
 def test_what_arrives_while_paused_goes_to_the_protocol_set_meanwhile(loop):

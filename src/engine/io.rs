@@ -214,7 +214,9 @@ impl Io {
         if new != old {
             self.with_backend(|b| {
                 b.set_interest(fd, old, new)?;
-                if old.receive && !new.receive {
+                // Whatever the watcher said before: a receive the backend
+                // ended has its bytes taken here, or they are lost.
+                if !new.receive {
                     b.take_received(fd, &mut received);
                 }
                 Ok(())
