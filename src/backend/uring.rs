@@ -319,12 +319,11 @@ impl Uring {
     /// only in its issuer's waits, so what it did not run stays in the
     /// socket for the new receive.
     fn migrate(&mut self) -> io::Result<()> {
+        // The sends the old ring never took are made by the new one.
+        self.forget_taken_sends();
         let mut old = std::mem::take(&mut self.done);
         if let Some(mut ring) = self.ring.take() {
             old.extend(ring.completion().map(completion));
-            // The sends the old ring never took are made by the new one.
-            let taken = self.pushed - ring.submission().len() as u64;
-            self.sends.retain(|s| s.seq >= taken);
         }
         let mut early = std::mem::take(&mut self.early);
         for (token, res, flags) in old {
@@ -373,8 +372,8 @@ impl Uring {
     /// full (and, when the kernel wants room for completions first, moving
     /// them to [`Uring::done`] for the next wait).
     fn push(&mut self, entry: squeue::Entry) -> io::Result<()> {
-        let ring = self.ring.as_mut().ok_or_else(closed)?;
         loop {
+            let ring = self.ring.as_mut().ok_or_else(closed)?;
             // SAFETY: polls, receives and their cancellations point at no
             // memory of ours: a receive's buffers are the ring's, which
             // outlives every receive (see `close`); a send's bytes are its
@@ -383,12 +382,20 @@ impl Uring {
                 self.pushed += 1;
                 return Ok(());
             }
-            match ring.submit() {
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EAGAIN)) => {
-                    self.done.extend(ring.completion().map(completion));
-                }
-                r => drop(r?),
+            self.submit_queued()?;
+        }
+    }
+
+    /// Submits what is queued; when the kernel wants room for completions
+    /// first, moves them to [`Uring::done`] for the next wait.
+    fn submit_queued(&mut self) -> io::Result<()> {
+        let ring = self.ring.as_mut().ok_or_else(closed)?;
+        match ring.submit() {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EAGAIN)) => {
+                self.done.extend(ring.completion().map(completion));
+                Ok(())
             }
+            r => r.map(drop),
         }
     }
 
@@ -831,13 +838,7 @@ impl Backend for Uring {
         }
         self.adopt()?;
         while !self.sends.is_empty() {
-            let ring = self.ring.as_mut().ok_or_else(closed)?;
-            match ring.submit() {
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EAGAIN)) => {
-                    self.done.extend(ring.completion().map(completion));
-                }
-                r => drop(r?),
-            }
+            self.submit_queued()?;
             self.forget_taken_sends();
         }
         Ok(())

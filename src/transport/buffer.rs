@@ -24,6 +24,15 @@ pub enum Chunk {
 }
 
 impl Chunk {
+    /// What is left of a write once `sent` bytes went: the `bytes` object
+    /// itself when the write was one (`whole`), else a copy of the rest.
+    pub fn unsent(whole: Option<&Bound<'_, PyBytes>>, bytes: &[u8], sent: usize) -> Self {
+        match whole {
+            Some(b) => Chunk::Bytes(b.clone().unbind(), sent),
+            None => Chunk::Owned(bytes[sent..].to_vec(), 0),
+        }
+    }
+
     /// What is left to send. Its address is the `bytes` object's or the
     /// copy's heap block, which moving the chunk does not move.
     pub fn rest<'a>(&'a self, py: Python<'a>) -> &'a [u8] {

@@ -846,10 +846,7 @@ impl StreamCore {
             if empty && this.kind == FdKind::Socket && bytes.len() < BULK_READ {
                 let engine = this.engine.get();
                 if engine.sends() {
-                    let chunk = match whole {
-                        Some(b) => Chunk::Bytes(b.clone().unbind(), 0),
-                        None => Chunk::Owned(bytes.to_vec(), 0),
-                    };
+                    let chunk = Chunk::unsent(whole, bytes, 0);
                     let rest = chunk.rest(py);
                     let (ptr, len) = (rest.as_ptr(), rest.len());
                     // SAFETY: the chunk goes to the buffer's front, where its
@@ -877,10 +874,7 @@ impl StreamCore {
                 }
                 Self::watch(slf, Side::Write, true)?;
             }
-            let chunk = match whole {
-                Some(b) => Chunk::Bytes(b.clone().unbind(), sent),
-                None => Chunk::Owned(bytes[sent..].to_vec(), 0),
-            };
+            let chunk = Chunk::unsent(whole, bytes, sent);
             let empty = this.state.lock().buffer.push(py, chunk);
             drop(empty);
             Ok(true)
@@ -899,10 +893,7 @@ impl StreamCore {
         for data in list_of_data.try_iter()? {
             let data = data?;
             chunks.push(with_bytes(&data, |bytes, whole| {
-                Ok(match whole {
-                    Some(b) => Chunk::Bytes(b.clone().unbind(), 0),
-                    None => Chunk::Owned(bytes.to_vec(), 0),
-                })
+                Ok(Chunk::unsent(whole, bytes, 0))
             })?);
         }
         let empty: Vec<_> = {
