@@ -2,7 +2,7 @@
 
     python bench/echo.py [--seconds 1] [--rounds 3] [--kinds protocol,buffered,streams,sock]
                          [--sizes 1024,10240,102400] [--conns 1,10,100]
-                         [--loops LOOPS | --uring-variants]
+                         [--loops LOOPS | --uring-variants] [--churn]
 
 Each server runs in its own process pinned to CPU 0; the compiled load
 generator (bench/loadgen, built here with cargo) runs pinned to CPU 1. The
@@ -10,7 +10,8 @@ loops take turns, window by window, and each figure is the median of a
 cell's windows. The figure that separates fast loops is the server's CPU
 time per request (the load generator saturates its core first);
 requests/s and p50/p99 latency are reported beside it, with ratios to
-uvloop. No assertion is made.
+uvloop. No assertion is made. With --churn every request has a connection
+of its own (connect, echo, close): the cost of accepting and closing.
 """
 
 from __future__ import annotations
@@ -78,23 +79,28 @@ def echo_server(name: str, kind: str) -> tuple[subprocess.Popen, int]:
     return start_server(HERE / "echo_server.py", name, kind)
 
 
-def load(port: int, conns: int, size: int, seconds: float, **kwargs) -> subprocess.CompletedProcess:
-    """Runs the load generator against `port` for `seconds`."""
-    cmd = pinned(str(LOADGEN), str(port), str(conns), str(size), str(seconds))
+def load(
+    port: int, conns: int, size: int, seconds: float, churn: bool, **kwargs
+) -> subprocess.CompletedProcess:
+    """Runs the load generator against `port` for `seconds`; with `churn`, a
+    connection per request."""
+    args = [str(port), str(conns), str(size), str(seconds), *(["churn"] if churn else [])]
+    cmd = pinned(str(LOADGEN), *args)
     return subprocess.run(cmd, capture_output=True, text=True, check=True, **kwargs)
 
 
-def warm_up(name: str, servers: Servers, size: int, conns: int) -> None:
+def warm_up(name: str, servers: Servers, size: int, conns: int, churn: bool) -> None:
     """Half a second of load on the server of `name`."""
     with servers.serving(name) as (_, port):
-        load(port, conns, size, 0.5)
+        load(port, conns, size, 0.5, churn)
 
 
-def window(name: str, servers: Servers, size: int, conns: int, seconds: float) -> dict:
+def window(name: str, servers: Servers, size: int, conns: int, seconds: float, churn: bool) -> dict:
     """The figures of one measurement window on the (warmed-up) server of `name`."""
     with servers.serving(name) as (proc, port):
         before = cpu_seconds(proc.pid)
-        result = json.loads(load(port, conns, size, seconds, timeout=seconds + 30).stdout)
+        run = load(port, conns, size, seconds, churn, timeout=seconds + 30)
+        result = json.loads(run.stdout)
         used = cpu_seconds(proc.pid) - before
         rss = peak_rss_mib(proc.pid)
     requests = result["requests"]
@@ -110,7 +116,14 @@ def window(name: str, servers: Servers, size: int, conns: int, seconds: float) -
 
 
 def table(
-    loops: list[str], kinds, sizes, conns, seconds: float, rounds: int, variants: bool = False
+    loops: list[str],
+    kinds,
+    sizes,
+    conns,
+    seconds: float,
+    rounds: int,
+    variants: bool = False,
+    churn: bool = False,
 ) -> list[dict]:
     """Runs every (kind, size, conns) cell on every loop, printing each row.
 
@@ -119,13 +132,15 @@ def table(
     `seconds` and each figure is the median (peak RSS: the server's peak so
     far, which at the highest concurrency is that of the whole size). With no
     loops, the reference servers alone, in ratio to the epoll one, and with
-    `variants` the io_uring one's URING_VARIANTS beside them."""
+    `variants` the io_uring one's URING_VARIANTS beside them; with `churn`, a
+    connection per request."""
     build_loadgen()
     base = baseline(loops) if loops else "reference"
     cells = []
     print(
         f"Python {sys.version.split()[0]}; TCP echo, server CPU µs/request (ratio to {base}), "
         f"requests/s, p50/p99 µs; median of {rounds} windows of {seconds} s"
+        + ("; a connection per request" if churn else "")
     )
     header = [*loops, *REFERENCES, *(URING_VARIANTS if variants else ())]
     print(f"{'kind':<9}{'size':>7}{'conns':>6}  " + "".join(f"{name:>36}" for name in header))
@@ -135,8 +150,8 @@ def table(
             with Servers(names, echo_server, kind) as servers:
                 for n in conns:
                     for name in names:
-                        guarded(warm_up, name, servers, size, n)
-                    row = interleaved(names, rounds, window, servers, size, n, seconds)
+                        guarded(warm_up, name, servers, size, n, churn)
+                    row = interleaved(names, rounds, window, servers, size, n, seconds, churn)
                     cells.append({"kind": kind, "size": size, "conns": n, **row})
                     text = "".join(
                         f"{r['cpu_us']:>8.1f} ({r['cpu_us'] / row[base]['cpu_us']:4.2f}x) "
@@ -160,6 +175,9 @@ def main() -> int:
         action="store_true",
         help="no loops: the reference servers and the io_uring one's variants",
     )
+    parser.add_argument(
+        "--churn", action="store_true", help="a connection per request (connect, echo, close)"
+    )
     parser.add_argument("--json", help="write every cell here")
     opts = parser.parse_args()
     if opts.uring_variants:
@@ -174,6 +192,7 @@ def main() -> int:
         opts.seconds,
         opts.rounds,
         opts.uring_variants,
+        opts.churn,
     )
     if opts.json:
         Path(opts.json).write_text(json.dumps(cells, indent=1))

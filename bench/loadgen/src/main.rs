@@ -5,7 +5,12 @@
 //! message is partly sent), so a request costs it two system calls and the
 //! generator keeps up at a thousand connections. Prints one JSON line.
 //!
-//!     oxloop-loadgen PORT CONNS SIZE SECONDS
+//!     oxloop-loadgen PORT CONNS SIZE SECONDS [churn]
+//!
+//! With `churn`, each request has a connection of its own: once its echo is
+//! back the connection is closed and the next request connects anew (its
+//! latency counts the connect), so the server accepts and closes one
+//! connection per request.
 
 use oxloop_loadgen::{raise_fd_limit, Epoll, NO_EVENT};
 use std::io::{self, Read, Write};
@@ -45,11 +50,31 @@ fn send(epoll: &Epoll, i: usize, c: &mut Conn, message: &[u8]) -> io::Result<()>
     Ok(())
 }
 
+/// A new connection to the server, registered as connection `i`.
+fn connect(epoll: &Epoll, port: u16, i: usize) -> io::Result<TcpStream> {
+    let stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_nodelay(true)?;
+    stream.set_nonblocking(true)?;
+    epoll.ctl(
+        libc::EPOLL_CTL_ADD,
+        stream.as_raw_fd(),
+        libc::EPOLLIN,
+        i as u64,
+    )?;
+    Ok(stream)
+}
+
 fn main() -> io::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let [_, port, conns, size, seconds] = &args[..] else {
-        eprintln!("usage: oxloop-loadgen PORT CONNS SIZE SECONDS");
-        std::process::exit(2);
+    let (port, conns, size, seconds, churn) = match &args[..] {
+        [_, port, conns, size, seconds] => (port, conns, size, seconds, false),
+        [_, port, conns, size, seconds, mode] if mode == "churn" => {
+            (port, conns, size, seconds, true)
+        }
+        _ => {
+            eprintln!("usage: oxloop-loadgen PORT CONNS SIZE SECONDS [churn]");
+            std::process::exit(2);
+        }
     };
     let port: u16 = port.parse().expect("port");
     let nconns: usize = conns.parse().expect("conns");
@@ -62,17 +87,8 @@ fn main() -> io::Result<()> {
     let epoll = Epoll::new()?;
     let mut conns = Vec::with_capacity(nconns);
     for i in 0..nconns {
-        let stream = TcpStream::connect(("127.0.0.1", port))?;
-        stream.set_nodelay(true)?;
-        stream.set_nonblocking(true)?;
-        epoll.ctl(
-            libc::EPOLL_CTL_ADD,
-            stream.as_raw_fd(),
-            libc::EPOLLIN,
-            i as u64,
-        )?;
         conns.push(Conn {
-            stream,
+            stream: connect(&epoll, port, i)?,
             sent: 0,
             received: 0,
             started: Instant::now(),
@@ -116,6 +132,10 @@ fn main() -> io::Result<()> {
                 c.received -= size;
                 c.sent = 0;
                 c.started = Instant::now();
+                if churn {
+                    // The old connection closes as it is replaced.
+                    c.stream = connect(&epoll, port, i)?;
+                }
                 send(&epoll, i, c, &message)?;
             }
         }
