@@ -22,11 +22,11 @@ import threading
 import time
 import warnings
 import weakref
-from asyncio import base_events, events, format_helpers, unix_events
+from asyncio import base_events, constants, events, format_helpers, unix_events
 
 from . import _children, _health
 from ._datagram import DatagramTransport
-from ._oxloop import Engine, SockOp
+from ._oxloop import Acceptor, Engine, SockOp
 from ._pipes import ReadPipeTransport, WritePipeTransport
 from ._transport import SocketTransport, make_ssl_transport
 
@@ -113,7 +113,6 @@ _ADOPTED = (
     "connect_accepted_socket",
     "create_unix_connection",
     "create_unix_server",
-    "_start_serving",
     "_accept_connection",
     "_accept_connection2",
     # pipes and subprocesses
@@ -277,6 +276,56 @@ class Loop(Engine, asyncio.AbstractEventLoop):
                 stacklevel=2,
             )
             self._signal_handlers.clear()
+
+    def _start_serving(
+        self,
+        protocol_factory,
+        sock,
+        sslcontext=None,
+        server=None,
+        backlog=100,
+        ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
+        ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT,
+    ):
+        """Accept connections on `sock` when it is readable: natively, each
+        served by `_serve_connection`; with TLS, by asyncio's own path."""
+        if sslcontext is None:
+            self._add_reader(sock.fileno(), Acceptor(self, sock, protocol_factory, server, backlog))
+        else:
+            self._add_reader(
+                sock.fileno(),
+                self._accept_connection,
+                protocol_factory,
+                sock,
+                sslcontext,
+                server,
+                backlog,
+                ssl_handshake_timeout,
+                ssl_shutdown_timeout,
+            )
+
+    def _serve_connection(self, protocol_factory, conn, peername, server):
+        """asyncio's `_accept_connection2` for a connection without TLS, as a
+        callback instead of a task (the `Acceptor` queues it in a copy of the
+        server's context, as the task ran): the protocol, then its transport.
+        The task awaited the transport's waiter only to close the transport
+        if cancelled, which cannot befall a callback."""
+        protocol = None
+        try:
+            protocol = protocol_factory()
+            SocketTransport(self, conn, protocol, None, {"peername": peername}, server)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            conn.close()
+            if self._debug:
+                context = {
+                    "message": "Error on transport creation for incoming connection",
+                    "exception": exc,
+                }
+                if protocol is not None:
+                    context["protocol"] = protocol
+                self.call_exception_handler(context)
 
     def _stop_serving(self, sock):
         """Stop listening on a server socket; a Unix socket's path is removed

@@ -20,6 +20,7 @@ __all__ = [
     "StreamCore",
     "DatagramCore",
     "SockOp",
+    "Acceptor",
     "ChildWatch",
     "watch_child",
     "PORTABLE",
@@ -238,6 +239,9 @@ class StreamCore:
     def release(self) -> None:
         """Drops the protocol and the buffer once the connection is lost."""
 
+    def prepare_socket(self, sock: socket.socket) -> Any:
+        """TCP_NODELAY where asyncio sets it; the socket's name, or None."""
+
 @final
 class DatagramCore:
     """The native half of a UDP transport (`oxloop._datagram`): reading and
@@ -265,6 +269,24 @@ class DatagramCore:
 
     def release(self) -> None:
         """Drops the protocol and the cached peer address once the connection is lost."""
+
+@final
+class Acceptor:
+    """The reader callback of a listening socket without TLS: accepts
+    natively and queues `loop._serve_connection` for each connection."""
+
+    def __new__(
+        cls,
+        loop_: Engine,
+        sock: socket.socket,
+        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        server: asyncio.Server | None,
+        backlog: int,
+    ) -> Self:
+        """The acceptor of `server`'s listening socket `sock`."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> None:
+        """Accepts what is waiting, at most `backlog` connections (no arguments)."""
 
 @final
 class SockOp:

@@ -91,6 +91,29 @@ class LoopSeam(Protocol):
         """The debug flag. Called on `handle._loop` by src/engine/handle.rs
         (the native `TimerHandle.cancel`)."""
 
+    def _accept_connection(
+        self,
+        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        sock: Any,
+        sslcontext: None,
+        server: asyncio.Server | None,
+        backlog: int,
+        /,
+    ) -> None:
+        """asyncio's accept path. Called by src/transport/server.rs in debug
+        mode and when accepting fails for lack of fds or memory."""
+
+    def _serve_connection(
+        self,
+        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        conn: Any,
+        peername: Any,
+        server: asyncio.Server | None,
+        /,
+    ) -> None:
+        """Makes an accepted connection's protocol and transport. Queued by
+        src/transport/server.rs for each connection it accepts."""
+
     def call_soon(self, callback: Callable[[Any], object], arg: Any, /) -> asyncio.Handle:
         """Schedules `callback(arg)`. Called by src/transport/stream.rs
         (`transport._call_connection_lost(exc)`) and src/process.rs (a

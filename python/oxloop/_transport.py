@@ -97,25 +97,21 @@ class SocketTransport(
 
     def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
         super().__init__(extra, loop)
+        self._sock = sock
+        self._sock_fd = sock.fileno()
+        self._core = StreamCore(loop, self._sock_fd, self, protocol)
         self._extra["socket"] = trsock.TransportSocket(sock)
-        try:
-            self._extra["sockname"] = sock.getsockname()
-        except OSError:
-            self._extra["sockname"] = None
+        self._extra["sockname"] = self._core.prepare_socket(sock)
         if "peername" not in self._extra:
             try:
                 self._extra["peername"] = sock.getpeername()
             except OSError:
                 self._extra["peername"] = None
-        self._sock = sock
-        self._sock_fd = sock.fileno()
-        self._core = StreamCore(loop, self._sock_fd, self, protocol)
         self._server = server
         self._empty_waiter = None
         if server is not None:
             self._server_call("_attach")
         loop._transports[self._sock_fd] = self
-        base_events._set_nodelay(sock)
         loop.call_soon(protocol.connection_made, self)
         loop.call_soon(self._core.start_reading)
         if waiter is not None:

@@ -17,7 +17,7 @@ use rustc_hash::FxHashSet;
 use std::cell::RefCell;
 use std::ffi::c_int;
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
 /// The most one read takes: asyncio's `_SelectorTransport.max_size`.
 pub const MAX_READ: usize = 256 * 1024;
@@ -317,4 +317,60 @@ pub fn sendto(fd: RawFd, data: &[u8], to: &SockAddr) -> io::Result<usize> {
         )
     };
     sys::check(n).map(|n| n as usize)
+}
+
+/// Accepts a connection on the listening socket `fd`: the new socket,
+/// non-blocking and close-on-exec from the start, and the peer's address.
+pub fn accept(fd: RawFd) -> io::Result<(OwnedFd, SockAddr)> {
+    let mut peer = SockAddr::empty();
+    let addr = (&mut peer.storage as *mut libc::sockaddr_storage).cast();
+    // SAFETY: `peer` has room for any address and says how much.
+    #[cfg(not(target_vendor = "apple"))]
+    let conn = unsafe {
+        libc::accept4(
+            fd,
+            addr,
+            &mut peer.len,
+            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+        )
+    };
+    // SAFETY: as above; macOS has no accept4.
+    #[cfg(target_vendor = "apple")]
+    let conn = unsafe { libc::accept(fd, addr, &mut peer.len) };
+    let conn = sys::check(conn)?;
+    // SAFETY: accept returned a new fd that nothing else owns.
+    let conn = unsafe { OwnedFd::from_raw_fd(conn) };
+    #[cfg(target_vendor = "apple")]
+    sys::set_nonblocking_cloexec(std::os::fd::AsRawFd::as_raw_fd(&conn))?;
+    Ok((conn, peer))
+}
+
+/// The address the socket `fd` is bound to.
+pub fn sockname(fd: RawFd) -> io::Result<SockAddr> {
+    let mut addr = SockAddr::empty();
+    // SAFETY: `addr` has room for any address and says how much.
+    sys::check(unsafe {
+        libc::getsockname(
+            fd,
+            (&mut addr.storage as *mut libc::sockaddr_storage).cast(),
+            &mut addr.len,
+        )
+    })?;
+    Ok(addr)
+}
+
+/// Sets TCP_NODELAY on the stream socket `fd`.
+pub fn set_nodelay(fd: RawFd) -> io::Result<()> {
+    let on: c_int = 1;
+    // SAFETY: passes a live c_int of the size given.
+    sys::check(unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&on as *const c_int).cast(),
+            std::mem::size_of::<c_int>() as libc::socklen_t,
+        )
+    })?;
+    Ok(())
 }

@@ -5,6 +5,7 @@
 pub mod buffer;
 pub mod datagram;
 mod inbox;
+pub mod server;
 pub mod sock;
 pub mod stream;
 mod stream_reader;

@@ -15,11 +15,11 @@ use crate::backend::Received;
 use crate::engine::{Engine, GilCell, NativeWatcher, Side, Traverse, Watcher};
 use crate::errors::{escapes, os_error, report_protocol_error};
 use crate::net::{
-    append, bulk_size, byte_buffer, read_appended, read_bytes, read_raw, send, with_bytes,
+    self, append, bulk_size, byte_buffer, read_appended, read_bytes, read_raw, send, with_bytes,
     would_block, writable, FdKind, BULK_READ, MAX_READ,
 };
 use crate::sys;
-use pyo3::exceptions::{PyRuntimeError, PyTypeError};
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError};
 use pyo3::gc::PyVisit;
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -995,6 +995,30 @@ impl StreamCore {
             (st.protocol.take(), st.reader.take(), st.buffer.clear())
         };
         drop(released);
+    }
+
+    /// What asyncio's socket transport first does with its socket `sock`:
+    /// TCP_NODELAY where `base_events._set_nodelay` sets it (an Internet
+    /// socket whose `proto` is IPPROTO_TCP; a transport's socket is a
+    /// stream socket); returns its name, None where `getsockname()` fails.
+    fn prepare_socket(&self, sock: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        let py = sock.py();
+        let name = match net::sockname(self.fd) {
+            Ok(addr) => addr.py_tuple(py)?,
+            Err(_) => return Ok(py.None()),
+        };
+        let Some(name) = name else {
+            // Not an Internet socket: the socket module formats the name.
+            return match sock.call_method0(intern!(py, "getsockname")) {
+                Ok(name) => Ok(name.unbind()),
+                Err(e) if e.is_instance_of::<PyOSError>(py) => Ok(py.None()),
+                Err(e) => Err(e),
+            };
+        };
+        if sock.getattr(intern!(py, "proto"))?.extract::<i32>()? == libc::IPPROTO_TCP {
+            net::set_nodelay(self.fd).map_err(os_error)?;
+        }
+        Ok(name.into_any().unbind())
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {

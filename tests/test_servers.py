@@ -1,0 +1,219 @@
+"""Serving: how a server's loop accepts connections -- the order of
+`protocol_factory()` and the protocol's first callbacks, the context each
+connection gets, a failing factory, the accepted socket -- on oxloop and on
+asyncio's loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import gc
+import os
+import socket
+import tempfile
+
+import pytest
+
+var = contextvars.ContextVar("var", default="unset")
+
+
+class Traced(asyncio.Protocol):
+    """Records its callbacks in `log` with the value of `var` each saw, and
+    sets `var` as the factory did, for the later callbacks to show it."""
+
+    def __init__(self, log, name, lost):
+        self.log, self.name, self.lost = log, name, lost
+        log.append(("factory", name, var.get()))
+        var.set(name)
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.log.append(("made", self.name, var.get()))
+
+    def data_received(self, data):
+        self.log.append(("data", self.name, var.get()))
+        self.transport.write(data)
+
+    def connection_lost(self, exc):
+        self.lost.set_result(None)
+
+
+async def echo_once(addr, data=b"ping"):
+    """Connects, sends `data`, returns what comes back before EOF."""
+    reader, writer = await asyncio.open_connection(*addr)
+    writer.write(data)
+    writer.write_eof()
+    got = await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    return got
+
+
+def test_each_connection_runs_in_its_own_copy_of_the_servers_context(loop):
+    log = []
+
+    async def main():
+        var.set("server")
+        losts = []
+
+        def factory():
+            losts.append(loop.create_future())
+            return Traced(log, f"conn{len(losts)}", losts[-1])
+
+        server = await loop.create_server(factory, "127.0.0.1", 0)
+        addr = server.sockets[0].getsockname()
+        for _ in range(2):
+            assert await echo_once(addr) == b"ping"
+            await losts[-1]
+        assert var.get() == "server"
+        server.close()
+        await server.wait_closed()
+
+    contextvars.Context().run(loop.run_until_complete, main())
+    assert log == [
+        ("factory", "conn1", "server"),
+        ("made", "conn1", "conn1"),
+        ("data", "conn1", "conn1"),
+        ("factory", "conn2", "server"),
+        ("made", "conn2", "conn2"),
+        ("data", "conn2", "conn2"),
+    ]
+
+
+def test_connections_made_in_one_wake_up_are_served_in_accept_order(loop):
+    log = []
+
+    async def main():
+        losts = []
+
+        def factory():
+            losts.append(loop.create_future())
+            return Traced(log, len(losts), losts[-1])
+
+        server = await loop.create_server(factory, "127.0.0.1", 0)
+        addr = server.sockets[0].getsockname()
+        # Connected before the loop looks: one readiness accepts all three.
+        clients = [socket.create_connection(addr) for _ in range(3)]
+        while sum(event == "made" for event, _, _ in log) < 3:
+            await asyncio.sleep(0.01)
+        for c in clients:
+            c.close()
+        await asyncio.gather(*losts)
+        server.close()
+        await server.wait_closed()
+
+    loop.run_until_complete(main())
+    assert [(event, n) for event, n, _ in log] == [
+        ("factory", 1),
+        ("factory", 2),
+        ("factory", 3),
+        ("made", 1),
+        ("made", 2),
+        ("made", 3),
+    ]
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["quiet", "debug"])
+def test_a_failing_protocol_factory_closes_that_connection_and_serving_goes_on(loop, debug):
+    loop.set_debug(debug)
+    # Only what the handler was told: keeping the exception would keep the
+    # failed connection's socket open through its traceback.
+    reports = []
+    loop.set_exception_handler(
+        lambda lp, ctx: reports.append((ctx["message"], type(ctx.get("exception"))))
+    )
+    calls = 0
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def data_received(self, data):
+            self.transport.write(data)
+
+    def factory():
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ZeroDivisionError("no protocol")
+        return Echo()
+
+    async def main():
+        server = await loop.create_server(factory, "127.0.0.1", 0)
+        addr = server.sockets[0].getsockname()
+        reader, writer = await asyncio.open_connection(*addr)
+        if debug:
+            # asyncio's report holds the socket in a cycle with the
+            # traceback: it closes when the collector runs.
+            while not reports:
+                await asyncio.sleep(0.01)
+            gc.collect()
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+        writer.close()
+        await writer.wait_closed()
+        assert await echo_once(addr) == b"ping"
+        server.close()
+        await server.wait_closed()
+
+    loop.run_until_complete(main())
+    failures = [message for message, exc in reports if exc is ZeroDivisionError]
+    assert failures == (["Error on transport creation for incoming connection"] if debug else [])
+
+
+def listener(family, proto):
+    """A listening socket of `family` ("tcp" with `proto`, or "unix")."""
+    if family == "unix":
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(os.path.join(tempfile.mkdtemp(), "sock"))
+    else:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, proto)
+        sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    return sock
+
+
+@pytest.mark.parametrize("family, proto", [("tcp", 0), ("tcp", socket.IPPROTO_TCP), ("unix", 0)])
+def test_an_accepted_socket_is_non_blocking_not_inherited_and_named(loop, family, proto):
+    sock = listener(family, proto)
+    name = sock.getsockname()
+    seen = {}
+
+    class Look(asyncio.Protocol):
+        def connection_made(self, transport):
+            conn = transport.get_extra_info("socket")
+            seen.update(
+                timeout=conn.gettimeout(),
+                inheritable=os.get_inheritable(conn.fileno()),
+                family=conn.family,
+                type=conn.type,
+                proto=conn.proto,
+                sockname=transport.get_extra_info("sockname"),
+                peername=transport.get_extra_info("peername"),
+            )
+            if family == "tcp":
+                seen["nodelay"] = conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+            transport.close()
+
+    async def main():
+        if family == "unix":
+            server = await loop.create_unix_server(Look, sock=sock)
+            reader, writer = await asyncio.open_unix_connection(name)
+        else:
+            server = await loop.create_server(Look, sock=sock)
+            reader, writer = await asyncio.open_connection(*name)
+        assert await reader.read() == b""
+        client = writer.get_extra_info("sockname")
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+        return client
+
+    client = loop.run_until_complete(main())
+    assert seen["timeout"] == 0.0
+    assert seen["inheritable"] is False
+    assert (seen["family"], seen["type"], seen["proto"]) == (sock.family, socket.SOCK_STREAM, proto)
+    assert (seen["sockname"], seen["peername"]) == (name, client)
+    if family == "tcp":
+        # asyncio sets TCP_NODELAY only where the socket says IPPROTO_TCP.
+        assert seen["nodelay"] is (proto == socket.IPPROTO_TCP)
