@@ -11,6 +11,7 @@ import gc
 import os
 import socket
 import tempfile
+import weakref
 
 import pytest
 
@@ -217,3 +218,35 @@ def test_an_accepted_socket_is_non_blocking_not_inherited_and_named(loop, family
     if family == "tcp":
         # asyncio sets TCP_NODELAY only where the socket says IPPROTO_TCP.
         assert seen["nodelay"] is (proto == socket.IPPROTO_TCP)
+
+
+def test_a_finished_connection_is_freed_without_the_cycle_collector(loop, is_oxloop):
+    if not is_oxloop:
+        pytest.skip("asyncio's transport holds itself in a cycle (its _read_ready_cb)")
+    refs = []
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+            refs.append((weakref.ref(self), weakref.ref(transport)))
+
+        def data_received(self, data):
+            self.transport.write(data)
+
+    async def main():
+        server = await loop.create_server(Echo, "127.0.0.1", 0)
+        addr = server.sockets[0].getsockname()
+        for _ in range(3):
+            assert await echo_once(addr) == b"ping"
+        while any(transport() is not None for _, transport in refs):
+            await asyncio.sleep(0.01)
+        server.close()
+        await server.wait_closed()
+
+    gc.disable()
+    try:
+        loop.run_until_complete(asyncio.wait_for(main(), 10))
+    finally:
+        gc.enable()
+    assert len(refs) == 3
+    assert all(protocol() is None for protocol, _ in refs)

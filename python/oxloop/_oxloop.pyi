@@ -237,7 +237,7 @@ class StreamCore:
         """asyncio's `_force_close`: drops the buffer, stops, schedules connection_lost."""
 
     def release(self) -> None:
-        """Drops the protocol and the buffer once the connection is lost."""
+        """Drops the protocol, the buffer and the transport once the connection is lost."""
 
     def prepare_socket(self, sock: socket.socket) -> Any:
         """TCP_NODELAY where asyncio sets it; the socket's name, or None."""

@@ -125,7 +125,10 @@ pub struct StreamCore {
     engine: Py<Engine>,
     fd: RawFd,
     kind: FdKind,
-    transport: Py<PyAny>,
+    /// The transport, until `release` lets go of it: that breaks the cycle
+    /// transport -> core -> transport, so a finished connection's objects
+    /// go with their last reference instead of waiting for the collector.
+    transport: GilCell<Option<Py<PyAny>>>,
     state: GilCell<State>,
     /// The size of the last read.
     last_read: AtomicUsize,
@@ -210,13 +213,21 @@ impl StreamCore {
         Ok(())
     }
 
+    /// The transport; None once released.
+    fn transport<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
+        self.transport.lock().as_ref().map(|t| t.bind(py).clone())
+    }
+
     /// asyncio's `_fatal_error`, unless the exception must stop the loop.
     fn fatal_error(slf: &Bound<'_, Self>, err: PyErr, message: &str) -> PyResult<()> {
         let py = slf.py();
         if escapes(py, &err) {
             return Err(err);
         }
-        let transport = slf.get().transport.bind(py);
+        // Released: the loop's handler hears of it instead.
+        let Some(transport) = slf.get().transport(py) else {
+            return Err(err);
+        };
         transport
             .call_method1(intern!(py, "_fatal_error"), (err.value(py), message))
             .map(drop)
@@ -229,10 +240,10 @@ impl StreamCore {
     ) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let callback = this
-            .transport
-            .bind(py)
-            .getattr(intern!(py, "_call_connection_lost"))?;
+        let Some(transport) = this.transport(py) else {
+            return Ok(());
+        };
+        let callback = transport.getattr(intern!(py, "_call_connection_lost"))?;
         this.engine
             .bind(py)
             .call_method1(intern!(py, "call_soon"), (callback, exc))
@@ -452,9 +463,12 @@ impl StreamCore {
 
     /// The peer closed its side: asyncio's EOF handling, in the transport.
     fn at_eof(&self, py: Python<'_>) -> PyResult<()> {
-        self.transport
-            .call_method0(py, "_read_ready__on_eof")
-            .map(drop)
+        match self.transport(py) {
+            Some(transport) => transport
+                .call_method0(intern!(py, "_read_ready__on_eof"))
+                .map(drop),
+            None => Ok(()),
+        }
     }
 
     /// Reads one `bytes` and hands it to `data_received`.
@@ -553,7 +567,9 @@ impl StreamCore {
             };
             (flushed, after_send)
         };
-        let transport = this.transport.bind(py);
+        let Some(transport) = this.transport(py) else {
+            return Ok(());
+        };
         // What the backend's send did not take is buffered now, as what a
         // `send()` at once did not take is in `write`.
         let buffered = |slf: &Bound<'_, Self>| -> PyResult<()> {
@@ -619,9 +635,12 @@ impl StreamCore {
                 let py = slf.py();
                 let this = slf.get();
                 let protocol = this.state.lock().protocol.as_ref().map(|p| p.clone_ref(py));
+                let transport = this
+                    .transport(py)
+                    .unwrap_or_else(|| py.None().into_bound(py));
                 report_protocol_error(
                     this.engine.bind(py).as_any(),
-                    this.transport.bind(py),
+                    &transport,
                     protocol.as_ref().map(|p| p.bind(py)),
                     err,
                     method,
@@ -698,7 +717,7 @@ impl StreamCore {
             engine,
             fd,
             kind: if pipe { FdKind::Pipe } else { FdKind::Socket },
-            transport,
+            transport: GilCell::new(Some(transport)),
             state: GilCell::new(state),
             last_read: AtomicUsize::new(0),
             bulk_flow: AtomicBool::new(false),
@@ -987,7 +1006,8 @@ impl StreamCore {
         Self::schedule_connection_lost(slf, exc)
     }
 
-    /// Drops the protocol and the buffer once the connection is lost.
+    /// Drops the protocol, the buffer and the transport once the connection
+    /// is lost.
     fn release(&self) {
         let released = {
             let mut st = self.state.lock();
@@ -995,6 +1015,8 @@ impl StreamCore {
             (st.protocol.take(), st.reader.take(), st.buffer.clear())
         };
         drop(released);
+        let transport = self.transport.lock().take();
+        drop(transport);
     }
 
     /// What asyncio's socket transport first does with its socket `sock`:
