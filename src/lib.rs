@@ -24,6 +24,7 @@ fn _oxloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<transport::datagram::DatagramCore>()?;
     m.add_class::<transport::sock::SockOp>()?;
     m.add_class::<transport::server::Acceptor>()?;
+    m.add_class::<transport::table::TransportTable>()?;
     m.add_class::<process::ChildWatch>()?;
     m.add_function(wrap_pyfunction!(process::watch_child, m)?)?;
     m.add("PORTABLE", cfg!(not(linux_native)))?;

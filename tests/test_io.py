@@ -218,7 +218,6 @@ def test_sock_waits_survive_closed_and_reused_fds(loop):
     async def recv_after_wait(a, b):
         waiting = asyncio.ensure_future(loop.sock_recv(b, 100))
         await asyncio.sleep(0.01)
-        a.send(b"x")
         assert await waiting == b"x"
 
     async def main():
@@ -530,3 +529,31 @@ def test_buffered_protocol_buffers_of_any_format(loop):
 
     loop.run_until_complete(main())
     b.close()
+
+
+def test_a_transports_socket_is_refused_to_readers_and_sock_calls_until_it_closes(loop):
+    a, b = nonblocking_pair()
+
+    async def main():
+        transport, _ = await loop.create_connection(asyncio.Protocol, sock=b)
+        for watch in (loop.add_reader, loop.add_writer):
+            with pytest.raises(RuntimeError, match="is used by transport"):
+                watch(b, print)
+        with pytest.raises(RuntimeError, match="is used by transport"):
+            await loop.sock_recv(b, 1)
+        transport.close()
+        # Closing: the socket is the caller's again until the transport lets go.
+        loop.add_reader(b, print)
+        assert loop.remove_reader(b)
+        await asyncio.sleep(0)
+        # Gone: a new socket on the same fd number is nobody's.
+        c, d = nonblocking_pair()
+        loop.add_reader(d, print)
+        assert loop.remove_reader(d)
+        c.send(b"y")
+        assert await loop.sock_recv(d, 1) == b"y"
+        c.close()
+        d.close()
+
+    loop.run_until_complete(asyncio.wait_for(main(), 10))
+    a.close()

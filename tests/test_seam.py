@@ -11,12 +11,11 @@ import inspect
 import os
 import re
 import socket
-import weakref
 from pathlib import Path
 
 import pytest
 from oxloop import _seam
-from oxloop._oxloop import Engine
+from oxloop._oxloop import Engine, TransportTable
 from oxloop._pipes import ReadPipeTransport, WritePipeTransport
 from oxloop._transport import SocketTransport
 
@@ -90,9 +89,8 @@ def test_each_protocol_declares_members_plain_objects_lack(proto):
 @oxloop_flavours
 def test_the_loop_has_what_the_engine_calls(loop):
     assert_satisfies(loop, _seam.LoopSeam)
-    assert isinstance(loop._transports, weakref.WeakValueDictionary)
-    # src/transport/sock.rs looks into the dictionary's plain dict.
-    assert type(loop._transports.data) is dict
+    # src/transport/sock.rs asks the table natively.
+    assert type(loop._transports) is TransportTable
     assert loop._task_factory is None
 
 

@@ -26,7 +26,7 @@ from asyncio import base_events, constants, events, format_helpers, unix_events
 
 from . import _children, _health
 from ._datagram import DatagramTransport
-from ._oxloop import Acceptor, Engine, SockOp
+from ._oxloop import Acceptor, Engine, SockOp, TransportTable
 from ._pipes import ReadPipeTransport, WritePipeTransport
 from ._transport import SocketTransport, make_ssl_transport
 
@@ -198,7 +198,7 @@ class Loop(Engine, asyncio.AbstractEventLoop):
         self._asyncgens_shutdown_called = False
         self._executor_shutdown_called = False
         self._old_agen_hooks = None
-        self._transports = weakref.WeakValueDictionary()
+        self._transports = TransportTable()
         self._internal_fds = 0
         self._signal_handlers = {}
         self._unix_server_sockets = {}
@@ -313,7 +313,7 @@ class Loop(Engine, asyncio.AbstractEventLoop):
         protocol = None
         try:
             protocol = protocol_factory()
-            SocketTransport(self, conn, protocol, None, {"peername": peername}, server)
+            self._make_socket_transport(conn, protocol, extra={"peername": peername}, server=server)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:

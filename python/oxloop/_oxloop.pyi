@@ -9,7 +9,7 @@ import asyncio
 import contextvars
 import selectors
 import socket
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Callable, Coroutine, Generator, Iterator
 from typing import Any, Self, SupportsIndex, TypeVar, TypeVarTuple, Unpack, final
 
 from typing_extensions import Buffer, disjoint_base
@@ -21,6 +21,7 @@ __all__ = [
     "DatagramCore",
     "SockOp",
     "Acceptor",
+    "TransportTable",
     "ChildWatch",
     "watch_child",
     "PORTABLE",
@@ -287,6 +288,30 @@ class Acceptor:
 
     def __call__(self, *args: Any, **kwargs: Any) -> None:
         """Accepts what is waiting, at most `backlog` connections (no arguments)."""
+
+@final
+class TransportTable:
+    """The loop's `_transports`: fd -> the transport that owns it, held
+    weakly (asyncio's `WeakValueDictionary`, with plain weak references)."""
+
+    def __new__(cls) -> Self: ...
+    def __getitem__(self, key: int, /) -> Any: ...
+    def __setitem__(self, fd: int, transport: Any, /) -> None: ...
+    def __delitem__(self, key: int, /) -> None: ...
+    def __contains__(self, key: object, /) -> bool: ...
+    def __len__(self) -> int: ...
+    def __iter__(self) -> Iterator[int]: ...
+    def get(self, key: int, default: Any = None) -> Any:
+        """The transport owning `key`'s fd, or `default`."""
+
+    def keys(self) -> list[int]:
+        """The fds live transports own."""
+
+    def values(self) -> list[Any]:
+        """The live transports."""
+
+    def items(self) -> list[tuple[int, Any]]:
+        """`(fd, transport)` for each live transport."""
 
 @final
 class SockOp:

@@ -28,6 +28,8 @@ import weakref
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
+from ._oxloop import TransportTable
+
 __all__ = (
     "ASYNCIO_PROTOCOLS",
     "OXLOOP_PROTOCOLS",
@@ -54,9 +56,9 @@ class LoopSeam(Protocol):
     subclass of `_oxloop.Engine`) and its subclasses. Some are the Engine's
     own native methods, looked up by name so that a subclass's override runs."""
 
-    _transports: weakref.WeakValueDictionary[int, Any]
-    """fd -> transport. Read by src/transport/sock.rs, which looks into its `data`
-    dict to skip `_ensure_fd_no_transport` when no transport owns the fd."""
+    _transports: TransportTable
+    """fd -> transport, held weakly. Read by src/transport/sock.rs, which
+    asks it natively whether `_ensure_fd_no_transport` must look."""
 
     _task_factory: Callable[..., Any] | None
     """`set_task_factory`'s factory. Read by src/engine/task.rs: None lets

@@ -96,7 +96,14 @@ class SocketTransport(
     _sock = None
 
     def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
-        super().__init__(extra, loop)
+        # `_FlowControlMixin.__init__(extra, loop)` with the default limits
+        # of its `_set_write_buffer_limits()` (64 KiB, a quarter of that):
+        # the same state, without three Python calls per connection.
+        self._extra = {} if extra is None else extra
+        self._loop = loop
+        self._protocol_paused = False
+        self._high_water = 64 * 1024
+        self._low_water = 16 * 1024
         self._sock = sock
         self._sock_fd = sock.fileno()
         self._core = StreamCore(loop, self._sock_fd, self, protocol)

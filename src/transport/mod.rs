@@ -9,3 +9,4 @@ pub mod server;
 pub mod sock;
 pub mod stream;
 mod stream_reader;
+pub mod table;

@@ -6,6 +6,7 @@
 //! the watcher completes. A finished or cancelled wait removes its watcher,
 //! unless another wait has replaced it.
 
+use super::table::TransportTable;
 use crate::engine::{Engine, GilCell, NativeWatcher, Side, Traverse, Watcher};
 use crate::errors::{escapes, os_error};
 use crate::net::{
@@ -17,7 +18,7 @@ use pyo3::gc::PyVisit;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyDict, PyType};
+use pyo3::types::{PyBytes, PyType};
 use pyo3::PyTraverseError;
 use std::io;
 use std::os::fd::RawFd;
@@ -370,16 +371,13 @@ impl SockOp {
 }
 
 /// Whether a transport may own `fd`, so that asyncio's
-/// `_ensure_fd_no_transport` must look: false when the loop's transport table
-/// (a `WeakValueDictionary`) has no entry for it, checked on its plain dict
-/// without raising and catching a KeyError.
+/// `_ensure_fd_no_transport` must look: false when the loop's transport
+/// table has no live entry for it.
 fn may_have_transport(loop_: &Bound<'_, PyAny>, fd: RawFd) -> PyResult<bool> {
     let py = loop_.py();
-    let data = loop_
-        .getattr(intern!(py, "_transports"))?
-        .getattr(intern!(py, "data"))?;
-    match data.cast::<PyDict>() {
-        Ok(entries) => entries.contains(fd),
-        Err(_) => Ok(true),
-    }
+    let table = loop_.getattr(intern!(py, "_transports"))?;
+    Ok(match table.cast::<TransportTable>() {
+        Ok(table) => table.get().owner(py, fd).is_some(),
+        Err(_) => true,
+    })
 }
