@@ -767,3 +767,33 @@ def test_bytes_written_as_the_loop_stops_reach_the_peer_when_it_closes(loop):
     assert received == b"goodbye"
     a.close()
     b.close()
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["quiet", "debug"])
+def test_a_raising_eof_received_reaches_the_handler_and_closes(loop, debug):
+    loop.set_debug(debug)
+    contexts = []
+    loop.set_exception_handler(lambda lp, ctx: contexts.append(ctx))
+
+    class BadEof(Collect):
+        def eof_received(self):
+            super().eof_received()
+            raise ValueError("no eof")
+
+    async def main():
+        bad = BadEof(loop)
+        server, addr = await serve(loop, lambda: bad)
+        reader, writer = await asyncio.open_connection(*addr)
+        writer.write_eof()
+        assert isinstance(await asyncio.wait_for(bad.lost, 10), ValueError)
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+        writer.close()
+        server.close()
+        await server.wait_closed()
+        return bad
+
+    bad = loop.run_until_complete(main())
+    assert bad.events == ["made", "eof", "lost"]
+    failures = [c for c in contexts if isinstance(c.get("exception"), ValueError)]
+    assert [c["message"] for c in failures] == ["Fatal error: protocol.eof_received() call failed."]
+    assert failures[0]["protocol"] is bad

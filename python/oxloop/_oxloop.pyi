@@ -222,8 +222,8 @@ class StreamCore:
     def set_sendfile(self, active: bool) -> None:
         """Marks a sendfile in progress (the transport's empty waiter) or done."""
 
-    def write(self, data: Buffer) -> bool:
-        """asyncio's `write`; True when data was buffered (flow control must look)."""
+    def write(self, data: Buffer) -> None:
+        """asyncio's `write`, flow control included (`_maybe_pause_protocol`)."""
 
     def writelines(self, list_of_data: Any) -> None:
         """asyncio's `writelines`: buffers every chunk, then one write attempt."""

@@ -142,8 +142,7 @@ class WritePipeTransport(_PipeTransport, transports._FlowControlMixin, transport
         return self._core.get_write_buffer_size()
 
     def write(self, data):
-        if self._core.write(data):
-            self._maybe_pause_protocol()
+        self._core.write(data)
 
     def can_write_eof(self):
         return True

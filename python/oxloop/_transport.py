@@ -107,6 +107,8 @@ class SocketTransport(
         self._sock = sock
         self._sock_fd = sock.fileno()
         self._core = StreamCore(loop, self._sock_fd, self, protocol)
+        # `write` below, without the Python call in between: the hot path.
+        self.write = self._core.write
         self._extra["socket"] = trsock.TransportSocket(sock)
         self._extra["sockname"] = self._core.prepare_socket(sock)
         if "peername" not in self._extra:
@@ -116,17 +118,17 @@ class SocketTransport(
                 self._extra["peername"] = None
         self._server = server
         self._empty_waiter = None
-        if server is not None:
-            self._server_call("_attach")
+        if server is None:
+            pass
+        elif _SERVER_TRACKS_TRANSPORTS:
+            server._attach(self)
+        else:
+            server._attach()
         loop._transports[self._sock_fd] = self
         loop.call_soon(protocol.connection_made, self)
         loop.call_soon(self._core.start_reading)
         if waiter is not None:
             loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
-
-    def _server_call(self, name):
-        method = getattr(self._server, name)
-        return method(self) if _SERVER_TRACKS_TRANSPORTS else method()
 
     def __repr__(self):
         info = [self.__class__.__name__]
@@ -145,8 +147,7 @@ class SocketTransport(
     # -- the transport API ---------------------------------------------------
 
     def write(self, data):
-        if self._core.write(data):
-            self._maybe_pause_protocol()
+        self._core.write(data)
 
     def writelines(self, list_of_data):
         self._core.writelines(list_of_data)
@@ -169,6 +170,8 @@ class SocketTransport(
     # -- rare paths, called by the core --------------------------------------
 
     def _read_ready__on_eof(self):
+        """The core's EOF handling, with debug mode's log (the core does
+        without it when debug mode is off)."""
         if self._loop.get_debug():
             logger.debug("%r received EOF", self)
         try:
@@ -194,9 +197,13 @@ class SocketTransport(
             self._sock = None
             self._core.release()
             self._loop = None
-            if self._server is not None:
-                self._server_call("_detach")
-                self._server = None
+            server, self._server = self._server, None
+            if server is None:
+                pass
+            elif _SERVER_TRACKS_TRANSPORTS:
+                server._detach(self)
+            else:
+                server._detach()
             if self._empty_waiter is not None:
                 self._empty_waiter.set_exception(ConnectionError("Connection is closed by peer"))
 

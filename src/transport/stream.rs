@@ -200,6 +200,93 @@ fn fatal_message(kind: FdKind, write: bool) -> &'static str {
 }
 
 impl StreamCore {
+    /// What `write` does but flow control: sends at once what the socket
+    /// takes and buffers the rest. True when data was buffered.
+    /// Where the backend sends (io_uring), a socket's write of less than
+    /// [`BULK_READ`] with nothing buffered, but the loop pass's first, is a
+    /// send the backend makes with the next wait, every such send of the
+    /// pass in one system call; the bytes count as sent, and `sent` takes
+    /// the result.
+    fn send_or_buffer(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let py = slf.py();
+        let this = slf.get();
+        if !(data.is_instance_of::<PyBytes>()
+            || data.is_instance_of::<PyByteArray>()
+            || data.is_instance_of::<PyMemoryView>())
+        {
+            let name = data.get_type().name()?;
+            return Err(PyTypeError::new_err(format!(
+                "data argument must be a bytes-like object, not '{name}'"
+            )));
+        }
+        this.check_writable("write")?;
+        with_bytes(data, |bytes, whole| {
+            if bytes.is_empty() {
+                return Ok(false);
+            }
+            let (lost, warn, empty) = {
+                let mut st = this.state.lock();
+                // A pipe also drops what is written once it is closing.
+                let dropping = st.conn_lost > 0 || (this.kind == FdKind::Pipe && st.closing);
+                let warn =
+                    dropping && st.conn_lost + st.dropped >= LOG_THRESHOLD_FOR_CONNLOST_WRITES;
+                if dropping {
+                    st.dropped += 1;
+                }
+                (dropping, warn, st.buffer.is_empty())
+            };
+            if lost {
+                if warn {
+                    let message = match this.kind {
+                        FdKind::Socket => "socket.send() raised exception.",
+                        FdKind::Pipe => {
+                            "pipe closed by peer or os.write(pipe, data) raised exception."
+                        }
+                    };
+                    let logger = py.import("asyncio.log")?.getattr(intern!(py, "logger"))?;
+                    logger.call_method1(intern!(py, "warning"), (message,))?;
+                }
+                return Ok(false);
+            }
+            let mut sent = 0;
+            if empty && this.kind == FdKind::Socket && bytes.len() < BULK_READ {
+                let engine = this.engine.get();
+                if engine.sends() {
+                    let chunk = Chunk::unsent(whole, bytes, 0);
+                    let rest = chunk.rest(py);
+                    let (ptr, len) = (rest.as_ptr(), rest.len());
+                    // SAFETY: the chunk goes to the buffer's front, where its
+                    // bytes stay unchanged (and unmoved: see `Chunk::rest`)
+                    // until `sent` takes them or `force_close` has stopped
+                    // the send.
+                    if unsafe { engine.send(slf, this.fd, ptr, len) }? {
+                        let mut st = this.state.lock();
+                        st.sending = len;
+                        let empty = st.buffer.push(py, chunk);
+                        drop(empty);
+                        return Ok(false);
+                    }
+                }
+            }
+            if empty {
+                match send(this.fd, bytes, this.kind) {
+                    Ok(n) if n == bytes.len() => return Ok(false),
+                    Ok(n) => sent = n,
+                    Err(e) if would_block(&e) => {}
+                    Err(e) => {
+                        Self::fatal_error(slf, os_error(e), fatal_message(this.kind, true))?;
+                        return Ok(false);
+                    }
+                }
+                Self::watch(slf, Side::Write, true)?;
+            }
+            let chunk = Chunk::unsent(whole, bytes, sent);
+            let empty = this.state.lock().buffer.push(py, chunk);
+            drop(empty);
+            Ok(true)
+        })
+    }
+
     /// Starts or stops watching one side of the fd.
     fn watch(slf: &Bound<'_, Self>, side: Side, on: bool) -> PyResult<()> {
         let this = slf.get();
@@ -337,7 +424,7 @@ impl StreamCore {
             };
             match item {
                 None => return Ok(()),
-                Some(Pending::Eof) => return this.at_eof(py),
+                Some(Pending::Eof) => return Self::at_eof(slf),
                 Some(Pending::Error(errno)) => {
                     let err = os_error(io::Error::from_raw_os_error(errno));
                     return Self::fatal_error(slf, err, fatal_message(this.kind, false));
@@ -461,13 +548,33 @@ impl StreamCore {
         Ok((n > 0).then_some(data))
     }
 
-    /// The peer closed its side: asyncio's EOF handling, in the transport.
-    fn at_eof(&self, py: Python<'_>) -> PyResult<()> {
-        match self.transport(py) {
-            Some(transport) => transport
+    /// The peer closed its side: asyncio's EOF handling for a socket,
+    /// `eof_received()`, then stop reading where it returned true, else
+    /// close. The transport's own `_read_ready__on_eof` for a pipe and in
+    /// debug mode (it logs).
+    fn at_eof(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let Some(transport) = this.transport(py) else {
+            return Ok(());
+        };
+        if this.kind == FdKind::Pipe || this.engine.get().get_debug() {
+            return transport
                 .call_method0(intern!(py, "_read_ready__on_eof"))
-                .map(drop),
-            None => Ok(()),
+                .map(drop);
+        }
+        let protocol = this.state.lock().protocol.as_ref().map(|p| p.clone_ref(py));
+        let Some(protocol) = protocol else {
+            return Ok(());
+        };
+        let keep_open = protocol
+            .bind(py)
+            .call_method0(intern!(py, "eof_received"))
+            .and_then(|keep_open| keep_open.is_truthy());
+        match keep_open {
+            Ok(true) => Self::watch(slf, Side::Read, false),
+            Ok(false) => Self::close(slf),
+            Err(e) => Self::fatal_error(slf, e, EOF_RECEIVED_FAILED),
         }
     }
 
@@ -481,7 +588,7 @@ impl StreamCore {
         match data {
             Err(e) if would_block(&e) => Ok(()),
             Err(e) => Self::fatal_error(slf, os_error(e), fatal_message(slf.get().kind, false)),
-            Ok(None) => slf.get().at_eof(py),
+            Ok(None) => Self::at_eof(slf),
             Ok(Some(data)) => {
                 data_received(data).or_else(|e| Self::protocol_failed(slf, e, "data_received"))
             }
@@ -495,7 +602,6 @@ impl StreamCore {
         reader: &Bound<'_, PyAny>,
         buffer: &Bound<'_, PyByteArray>,
     ) -> PyResult<()> {
-        let py = slf.py();
         let this = slf.get();
         let read = bulk_size(this.fd, this.bulk(), MAX_READ).and_then(|direct| {
             read_appended(
@@ -511,7 +617,7 @@ impl StreamCore {
         match read {
             Err(e) if would_block(&e) => Ok(()),
             Err(e) => Self::fatal_error(slf, os_error(e), fatal_message(this.kind, false)),
-            Ok(0) => this.at_eof(py),
+            Ok(0) => Self::at_eof(slf),
             Ok(_) => stream_reader::fed(reader, buffer)
                 .or_else(|e| Self::protocol_failed(slf, e, "data_received")),
         }
@@ -523,7 +629,6 @@ impl StreamCore {
         get_buffer: &Bound<'_, PyAny>,
         buffer_updated: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
-        let py = slf.py();
         let fd = slf.get().fd;
         let buf = match protocol_buffer(get_buffer) {
             Ok(buf) => buf,
@@ -541,7 +646,7 @@ impl StreamCore {
         drop(buf);
         match read {
             Err(e) => Self::fatal_error(slf, e, fatal_message(slf.get().kind, false)),
-            Ok(0) => slf.get().at_eof(py),
+            Ok(0) => Self::at_eof(slf),
             Ok(n) => match buffer_updated.call1((n,)) {
                 Ok(_) => Ok(()),
                 Err(e) => Self::protocol_failed(slf, e, "buffer_updated"),
@@ -667,6 +772,7 @@ impl StreamCore {
 
 /// asyncio's message when a `BufferedProtocol`'s `get_buffer` raised.
 const GET_BUFFER_FAILED: &str = "Fatal error: protocol.get_buffer() call failed.";
+const EOF_RECEIVED_FAILED: &str = "Fatal error: protocol.eof_received() call failed.";
 
 /// The error for a `get_buffer` that returned a buffer it cannot fill.
 fn not_writable() -> PyErr {
@@ -813,91 +919,18 @@ impl StreamCore {
         self.state.lock().sendfile = active;
     }
 
-    /// asyncio's `write`: sends at once what the socket takes and buffers the
-    /// rest. True when data was buffered, so flow control has to look.
-    /// Where the backend sends (io_uring), a socket's write of less than
-    /// [`BULK_READ`] with nothing buffered, but the loop pass's first, is a
-    /// send the backend makes with the next wait, every such send of the
-    /// pass in one system call; the bytes count as sent, and `sent` takes
-    /// the result.
-    fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<bool> {
-        let py = slf.py();
-        let this = slf.get();
-        if !(data.is_instance_of::<PyBytes>()
-            || data.is_instance_of::<PyByteArray>()
-            || data.is_instance_of::<PyMemoryView>())
-        {
-            let name = data.get_type().name()?;
-            return Err(PyTypeError::new_err(format!(
-                "data argument must be a bytes-like object, not '{name}'"
-            )));
+    /// asyncio's `write`: sends at once what the socket takes and buffers
+    /// the rest, then lets flow control look (`_maybe_pause_protocol`).
+    fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        if !Self::send_or_buffer(slf, data)? {
+            return Ok(());
         }
-        this.check_writable("write")?;
-        with_bytes(data, |bytes, whole| {
-            if bytes.is_empty() {
-                return Ok(false);
-            }
-            let (lost, warn, empty) = {
-                let mut st = this.state.lock();
-                // A pipe also drops what is written once it is closing.
-                let dropping = st.conn_lost > 0 || (this.kind == FdKind::Pipe && st.closing);
-                let warn =
-                    dropping && st.conn_lost + st.dropped >= LOG_THRESHOLD_FOR_CONNLOST_WRITES;
-                if dropping {
-                    st.dropped += 1;
-                }
-                (dropping, warn, st.buffer.is_empty())
-            };
-            if lost {
-                if warn {
-                    let message = match this.kind {
-                        FdKind::Socket => "socket.send() raised exception.",
-                        FdKind::Pipe => {
-                            "pipe closed by peer or os.write(pipe, data) raised exception."
-                        }
-                    };
-                    let logger = py.import("asyncio.log")?.getattr(intern!(py, "logger"))?;
-                    logger.call_method1(intern!(py, "warning"), (message,))?;
-                }
-                return Ok(false);
-            }
-            let mut sent = 0;
-            if empty && this.kind == FdKind::Socket && bytes.len() < BULK_READ {
-                let engine = this.engine.get();
-                if engine.sends() {
-                    let chunk = Chunk::unsent(whole, bytes, 0);
-                    let rest = chunk.rest(py);
-                    let (ptr, len) = (rest.as_ptr(), rest.len());
-                    // SAFETY: the chunk goes to the buffer's front, where its
-                    // bytes stay unchanged (and unmoved: see `Chunk::rest`)
-                    // until `sent` takes them or `force_close` has stopped
-                    // the send.
-                    if unsafe { engine.send(slf, this.fd, ptr, len) }? {
-                        let mut st = this.state.lock();
-                        st.sending = len;
-                        let empty = st.buffer.push(py, chunk);
-                        drop(empty);
-                        return Ok(false);
-                    }
-                }
-            }
-            if empty {
-                match send(this.fd, bytes, this.kind) {
-                    Ok(n) if n == bytes.len() => return Ok(false),
-                    Ok(n) => sent = n,
-                    Err(e) if would_block(&e) => {}
-                    Err(e) => {
-                        Self::fatal_error(slf, os_error(e), fatal_message(this.kind, true))?;
-                        return Ok(false);
-                    }
-                }
-                Self::watch(slf, Side::Write, true)?;
-            }
-            let chunk = Chunk::unsent(whole, bytes, sent);
-            let empty = this.state.lock().buffer.push(py, chunk);
-            drop(empty);
-            Ok(true)
-        })
+        match slf.get().transport(slf.py()) {
+            Some(transport) => transport
+                .call_method0(intern!(slf.py(), "_maybe_pause_protocol"))
+                .map(drop),
+            None => Ok(()),
+        }
     }
 
     /// asyncio's `writelines`: buffers every chunk, then one write attempt.
