@@ -9,6 +9,7 @@ import asyncio
 import contextvars
 import gc
 import os
+import resource
 import socket
 import tempfile
 import weakref
@@ -37,6 +38,14 @@ class Traced(asyncio.Protocol):
 
     def connection_lost(self, exc):
         self.lost.set_result(None)
+
+
+class Echo(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.transport.write(data)
 
 
 async def echo_once(addr, data=b"ping"):
@@ -124,13 +133,6 @@ def test_a_failing_protocol_factory_closes_that_connection_and_serving_goes_on(l
         lambda lp, ctx: reports.append((ctx["message"], type(ctx.get("exception"))))
     )
     calls = 0
-
-    class Echo(asyncio.Protocol):
-        def connection_made(self, transport):
-            self.transport = transport
-
-        def data_received(self, data):
-            self.transport.write(data)
 
     def factory():
         nonlocal calls
@@ -225,16 +227,13 @@ def test_a_finished_connection_is_freed_without_the_cycle_collector(loop, is_oxl
         pytest.skip("asyncio's transport holds itself in a cycle (its _read_ready_cb)")
     refs = []
 
-    class Echo(asyncio.Protocol):
+    class Kept(Echo):
         def connection_made(self, transport):
-            self.transport = transport
+            super().connection_made(transport)
             refs.append((weakref.ref(self), weakref.ref(transport)))
 
-        def data_received(self, data):
-            self.transport.write(data)
-
     async def main():
-        server = await loop.create_server(Echo, "127.0.0.1", 0)
+        server = await loop.create_server(Kept, "127.0.0.1", 0)
         addr = server.sockets[0].getsockname()
         for _ in range(3):
             assert await echo_once(addr) == b"ping"
@@ -250,3 +249,47 @@ def test_a_finished_connection_is_freed_without_the_cycle_collector(loop, is_oxl
         gc.enable()
     assert len(refs) == 3
     assert all(protocol() is None for protocol, _ in refs)
+
+
+def test_out_of_fds_the_server_reports_waits_and_accepts_later(loop):
+    reports = []
+    loop.set_exception_handler(
+        lambda lp, ctx: reports.append((ctx["message"], type(ctx.get("exception"))))
+    )
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    held = []
+
+    async def main():
+        server = await loop.create_server(Echo, "127.0.0.1", 0)
+        addr = server.sockets[0].getsockname()
+        client = socket.socket()
+        client.setblocking(False)
+        client.connect_ex(addr)
+        # No fd left for accept() to return.
+        highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 16, hard))
+        try:
+            while True:
+                held.append(os.dup(0))
+        except OSError:
+            pass
+        while not reports:
+            await asyncio.sleep(0.01)
+        while held:
+            os.close(held.pop())
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        # asyncio's retry, a second later, accepts it.
+        await loop.sock_sendall(client, b"ping")
+        assert await asyncio.wait_for(loop.sock_recv(client, 4), 10) == b"ping"
+        client.close()
+        server.close()
+        await server.wait_closed()
+
+    try:
+        loop.run_until_complete(asyncio.wait_for(main(), 20))
+    finally:
+        while held:
+            os.close(held.pop())
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    # asyncio's accept loop goes on after the error: a report per try.
+    assert reports == [("socket.accept() out of system resource", OSError)] * 100
