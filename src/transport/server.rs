@@ -6,8 +6,9 @@
 //! queues one callback per connection, the loop's `_serve_connection`, in a
 //! copy of the current context as the task would have run: the same order
 //! of `protocol_factory()`, `connection_made` and the other callbacks, and a
-//! fraction of the cost. TLS servers, debug mode and accept errors other
-//! than "nothing to accept" stay with asyncio's own `_accept_connection`.
+//! fraction of the cost. TLS servers, debug mode and running out of fds or
+//! memory stay with asyncio's own `_accept_connection`; other accept errors
+//! reach the loop's exception handler, as asyncio's do.
 
 use crate::engine::{Engine, Traverse};
 use crate::errors::os_error;
