@@ -218,6 +218,7 @@ def test_sock_waits_survive_closed_and_reused_fds(loop):
     async def recv_after_wait(a, b):
         waiting = asyncio.ensure_future(loop.sock_recv(b, 100))
         await asyncio.sleep(0.01)
+        a.send(b"x")
         assert await waiting == b"x"
 
     async def main():
