@@ -16,6 +16,8 @@ import weakref
 
 import pytest
 
+from tests.test_stream_transports import Echo
+
 var = contextvars.ContextVar("var", default="unset")
 
 
@@ -38,14 +40,6 @@ class Traced(asyncio.Protocol):
 
     def connection_lost(self, exc):
         self.lost.set_result(None)
-
-
-class Echo(asyncio.Protocol):
-    def connection_made(self, transport):
-        self.transport = transport
-
-    def data_received(self, data):
-        self.transport.write(data)
 
 
 async def echo_once(addr, data=b"ping"):
