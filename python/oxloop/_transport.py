@@ -118,12 +118,11 @@ class SocketTransport(
                 self._extra["peername"] = None
         self._server = server
         self._empty_waiter = None
-        if server is None:
-            pass
-        elif _SERVER_TRACKS_TRANSPORTS:
-            server._attach(self)
-        else:
-            server._attach()
+        if server is not None:
+            if _SERVER_TRACKS_TRANSPORTS:
+                server._attach(self)
+            else:
+                server._attach()
         loop._transports[self._sock_fd] = self
         loop.call_soon(protocol.connection_made, self)
         loop.call_soon(self._core.start_reading)
@@ -198,12 +197,11 @@ class SocketTransport(
             self._core.release()
             self._loop = None
             server, self._server = self._server, None
-            if server is None:
-                pass
-            elif _SERVER_TRACKS_TRANSPORTS:
-                server._detach(self)
-            else:
-                server._detach()
+            if server is not None:
+                if _SERVER_TRACKS_TRANSPORTS:
+                    server._detach(self)
+                else:
+                    server._detach()
             if self._empty_waiter is not None:
                 self._empty_waiter.set_exception(ConnectionError("Connection is closed by peer"))
 
