@@ -147,12 +147,12 @@ class StreamCoreOwner(Protocol):
 
 @runtime_checkable
 class ReadingStreamCoreOwner(StreamCoreOwner, Protocol):
-    """A `StreamCore` owner that reads (`SocketTransport`,
-    `ReadPipeTransport`)."""
+    """A `StreamCore` owner that reads a pipe (`ReadPipeTransport`); a
+    socket's EOF handling is the core's own."""
 
     def _read_ready__on_eof(self) -> None:
-        """The peer closed its side: asyncio's EOF handling. Called by
-        src/transport/stream.rs when a read returns 0 bytes."""
+        """The peer closed its side: asyncio's EOF handling for a pipe.
+        Called by src/transport/stream.rs when a pipe's read returns 0 bytes."""
 
 
 @runtime_checkable
@@ -166,7 +166,7 @@ class WritingStreamCoreOwner(StreamCoreOwner, Protocol):
 
 
 @runtime_checkable
-class SocketStreamCoreOwner(ReadingStreamCoreOwner, WritingStreamCoreOwner, Protocol):
+class SocketStreamCoreOwner(WritingStreamCoreOwner, Protocol):
     """A `StreamCore` owner that also serves `sendfile` (`SocketTransport`)."""
 
     def _wake_empty_waiter(self, exc: BaseException | None, /) -> None:

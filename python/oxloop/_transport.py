@@ -168,23 +168,6 @@ class SocketTransport(
 
     # -- rare paths, called by the core --------------------------------------
 
-    def _read_ready__on_eof(self):
-        """The core's EOF handling, with debug mode's log (the core does
-        without it when debug mode is off)."""
-        if self._loop.get_debug():
-            logger.debug("%r received EOF", self)
-        try:
-            keep_open = self._core.protocol.eof_received()
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._fatal_error(exc, "Fatal error: protocol.eof_received() call failed.")
-            return
-        if keep_open:
-            self._core.stop_reading()
-        else:
-            self.close()
-
     def _force_close(self, exc):
         self._core.force_close(exc)
 

@@ -550,18 +550,22 @@ impl StreamCore {
 
     /// The peer closed its side: asyncio's EOF handling for a socket,
     /// `eof_received()`, then stop reading where it returned true, else
-    /// close. The transport's own `_read_ready__on_eof` for a pipe and in
-    /// debug mode (it logs).
+    /// close (logged in debug mode). A pipe's is its transport's own
+    /// `_read_ready__on_eof`.
     fn at_eof(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         let Some(transport) = this.transport(py) else {
             return Ok(());
         };
-        if this.kind == FdKind::Pipe || this.engine.get().get_debug() {
+        if this.kind == FdKind::Pipe {
             return transport
                 .call_method0(intern!(py, "_read_ready__on_eof"))
                 .map(drop);
+        }
+        if this.engine.get().get_debug() {
+            let logger = py.import("asyncio.log")?.getattr(intern!(py, "logger"))?;
+            logger.call_method1(intern!(py, "debug"), ("%r received EOF", &transport))?;
         }
         let protocol = this.state.lock().protocol.as_ref().map(|p| p.clone_ref(py));
         let Some(protocol) = protocol else {
