@@ -1,11 +1,12 @@
 //! Python's side of failure, in one place: OS errors as the matching
 //! `OSError` subclasses, asyncio's messages, which exceptions escape a
-//! callback, and the report a failing protocol method gets.
+//! callback, the report a failing protocol method gets, and asyncio's logger.
 
+use pyo3::call::PyCallArgs;
 use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PyRuntimeError, PySystemExit};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyString};
 use std::io;
 
 /// An `OSError` for `err`, built as Python builds it (`OSError(errno, strerror)`),
@@ -21,6 +22,17 @@ pub fn os_error(err: io::Error) -> PyErr {
         }
         None => PyErr::from(err),
     }
+}
+
+/// Logs `args` (a message and its `%` arguments) at `level` through
+/// asyncio's logger, looked up at each call as asyncio's modules name it.
+pub fn asyncio_log<'py>(
+    py: Python<'py>,
+    level: &Bound<'py, PyString>,
+    args: impl PyCallArgs<'py>,
+) -> PyResult<()> {
+    let logger = py.import("asyncio.log")?.getattr(intern!(py, "logger"))?;
+    logger.call_method1(level, args).map(drop)
 }
 
 /// asyncio's error for using a closed loop.

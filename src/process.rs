@@ -8,7 +8,7 @@
 //! the Python side waits for the child with a thread.
 
 use crate::engine::{Engine, GilCell, NativeWatcher, Side, Traverse, Watcher};
-use crate::errors::os_error;
+use crate::errors::{asyncio_log, os_error};
 use crate::sys;
 use pyo3::gc::PyVisit;
 use pyo3::intern;
@@ -48,9 +48,9 @@ impl NativeWatcher for ChildWatch {
             Ok(None) => return Ok(()),
             Ok(Some(code)) => code,
             Err(_) => {
-                let logger = py.import("asyncio.log")?.getattr(intern!(py, "logger"))?;
-                logger.call_method1(
-                    "warning",
+                asyncio_log(
+                    py,
+                    intern!(py, "warning"),
                     (
                         "child process pid %d exit status already read:  will report returncode 255",
                         this.pid,

@@ -13,7 +13,7 @@ use super::inbox::{Inbox, Pending};
 use super::stream_reader;
 use crate::backend::Received;
 use crate::engine::{Engine, GilCell, NativeWatcher, Side, Traverse, Watcher};
-use crate::errors::{escapes, os_error, report_protocol_error};
+use crate::errors::{asyncio_log, escapes, os_error, report_protocol_error};
 use crate::net::{
     self, append, bulk_size, byte_buffer, read_appended, read_bytes, read_raw, send, with_bytes,
     would_block, writable, FdKind, BULK_READ, MAX_READ,
@@ -243,8 +243,7 @@ impl StreamCore {
                             "pipe closed by peer or os.write(pipe, data) raised exception."
                         }
                     };
-                    let logger = py.import("asyncio.log")?.getattr(intern!(py, "logger"))?;
-                    logger.call_method1(intern!(py, "warning"), (message,))?;
+                    asyncio_log(py, intern!(py, "warning"), (message,))?;
                 }
                 return Ok(false);
             }
@@ -564,8 +563,7 @@ impl StreamCore {
                 .map(drop);
         }
         if this.engine.get().get_debug() {
-            let logger = py.import("asyncio.log")?.getattr(intern!(py, "logger"))?;
-            logger.call_method1(intern!(py, "debug"), ("%r received EOF", &transport))?;
+            asyncio_log(py, intern!(py, "debug"), ("%r received EOF", &transport))?;
         }
         let protocol = this.state.lock().protocol.as_ref().map(|p| p.clone_ref(py));
         let Some(protocol) = protocol else {
