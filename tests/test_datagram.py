@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import socket
 import sys
 import tempfile
+import weakref
 
 import pytest
 
@@ -225,6 +227,30 @@ def test_abort_loses_the_connection_at_once(loop):
         assert server.get_extra_info("socket").fileno() == -1
 
     loop.run_until_complete(main())
+
+
+def test_a_closed_endpoint_is_freed_without_the_cycle_collector(loop):
+    async def main():
+        server, sp = await loop.create_datagram_endpoint(
+            lambda: Recorder(loop), local_addr=("127.0.0.1", 0)
+        )
+        client, cp = await loop.create_datagram_endpoint(
+            lambda: Recorder(loop), remote_addr=server.get_extra_info("sockname")
+        )
+        client.sendto(b"ping")
+        await sp.next()
+        server.close()
+        client.close()
+        await sp.lost
+        await cp.lost
+        return [weakref.ref(o) for o in (server, sp, client, cp)]
+
+    gc.disable()
+    try:
+        refs = loop.run_until_complete(main())
+        assert [r() for r in refs] == [None] * 4
+    finally:
+        gc.enable()
 
 
 def test_unix_datagrams(loop):

@@ -98,7 +98,10 @@ pub struct DatagramCore {
     family: i32,
     /// The socket is connected: datagrams go out with `send`.
     connected: bool,
-    transport: Py<PyAny>,
+    /// The transport, for the exception handler's reports; dropped at
+    /// [`DatagramCore::release`], so the transport and its core, which
+    /// hold each other, need no cycle collection.
+    transport: GilCell<Option<Py<PyAny>>>,
     state: GilCell<State>,
 }
 
@@ -155,18 +158,20 @@ impl DatagramCore {
                 this.call_protocol(py, Method::ErrorReceived, (e.value(py),)),
             ),
         };
-        match called {
-            None => Ok(false),
-            Some((_, Ok(()))) => Ok(true),
-            Some((protocol, Err(e))) => report_protocol_error(
-                this.engine.bind(py).as_any(),
-                this.transport.bind(py),
-                Some(&protocol),
-                e,
-                method.name(),
-            )
-            .map(|()| false),
-        }
+        let (protocol, err) = match called {
+            None => return Ok(false),
+            Some((_, Ok(()))) => return Ok(true),
+            Some((protocol, Err(e))) => (protocol, e),
+        };
+        let transport = this.transport.lock().as_ref().map(|t| t.clone_ref(py));
+        report_protocol_error(
+            this.engine.bind(py).as_any(),
+            transport.as_ref().map_or(&py.None(), |t| t).bind(py),
+            Some(&protocol),
+            err,
+            method.name(),
+        )
+        .map(|()| false)
     }
 
     /// The Python tuple for `from`, reusing the last one when it is the same.
@@ -248,7 +253,7 @@ impl DatagramCore {
             fd,
             family,
             connected,
-            transport,
+            transport: GilCell::new(Some(transport)),
             state: GilCell::new(state),
         })
     }
@@ -327,10 +332,13 @@ impl DatagramCore {
         (&self.engine, &self.transport, &self.state).traverse(&visit)
     }
 
-    /// Drops the protocol and the cached address once the connection is lost.
+    /// Drops the protocol, the cached address and the transport once the
+    /// connection is lost.
     fn release(&self) {
         let released = std::mem::take(&mut *self.state.lock());
         drop(released);
+        let transport = self.transport.lock().take();
+        drop(transport);
     }
 
     fn __clear__(&self) {
