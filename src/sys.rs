@@ -76,6 +76,15 @@ pub fn set_nonblocking_cloexec(fd: RawFd) -> io::Result<()> {
     unsafe {
         let flags = check(libc::fcntl(fd, libc::F_GETFL))?;
         check(libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK))?;
+    }
+    set_cloexec(fd)
+}
+
+/// Makes the fresh `fd` close-on-exec, for the calls that take no such
+/// flag (`accept` on macOS).
+pub fn set_cloexec(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on an fd the caller owns, with integer arguments only.
+    unsafe {
         let flags = check(libc::fcntl(fd, libc::F_GETFD))?;
         check(libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC))?;
     }

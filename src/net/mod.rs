@@ -320,7 +320,9 @@ pub fn sendto(fd: RawFd, data: &[u8], to: &SockAddr) -> io::Result<usize> {
 }
 
 /// Accepts a connection on the listening socket `fd`: the new socket,
-/// non-blocking and close-on-exec from the start, and the peer's address.
+/// close-on-exec from the start, and the peer's address. It is non-blocking
+/// too, except on macOS (no `accept4`), where the socket object the caller
+/// makes of it must be made non-blocking anyway, for its timeout.
 pub fn accept(fd: RawFd) -> io::Result<(OwnedFd, SockAddr)> {
     let mut peer = SockAddr::empty();
     let addr = (&mut peer.storage as *mut libc::sockaddr_storage).cast();
@@ -341,7 +343,7 @@ pub fn accept(fd: RawFd) -> io::Result<(OwnedFd, SockAddr)> {
     // SAFETY: accept returned a new fd that nothing else owns.
     let conn = unsafe { OwnedFd::from_raw_fd(conn) };
     #[cfg(target_vendor = "apple")]
-    sys::set_nonblocking_cloexec(std::os::fd::AsRawFd::as_raw_fd(&conn))?;
+    sys::set_cloexec(std::os::fd::AsRawFd::as_raw_fd(&conn))?;
     Ok((conn, peer))
 }
 

@@ -74,6 +74,7 @@ impl Acceptor {
         ))?;
         // The socket object owns the fd now.
         let _ = conn.into_raw_fd();
+        // macOS's accept left the fd blocking (see `net::accept`).
         #[cfg(target_vendor = "apple")]
         sock.call_method1(intern!(py, "setblocking"), (false,))?;
         let peername = match peer.py_tuple(py)? {
