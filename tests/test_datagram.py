@@ -45,15 +45,23 @@ class Recorder(asyncio.DatagramProtocol):
             await self.next()
 
 
+async def endpoint_pair(loop, factory=None, host="127.0.0.1"):
+    """A server endpoint on `host`, its protocol made by `factory` (a Recorder
+    by default), and a client connected to it: (server, its protocol, client,
+    its protocol)."""
+    server, sp = await loop.create_datagram_endpoint(
+        factory or (lambda: Recorder(loop)), local_addr=(host, 0)
+    )
+    client, cp = await loop.create_datagram_endpoint(
+        lambda: Recorder(loop), remote_addr=server.get_extra_info("sockname")[:2]
+    )
+    return server, sp, client, cp
+
+
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
 def test_addresses_are_the_socket_modules(loop, host):
     async def main():
-        server, sp = await loop.create_datagram_endpoint(
-            lambda: Recorder(loop), local_addr=(host, 0)
-        )
-        client, cp = await loop.create_datagram_endpoint(
-            lambda: Recorder(loop), remote_addr=server.get_extra_info("sockname")[:2]
-        )
+        server, sp, client, cp = await endpoint_pair(loop, host=host)
         client.sendto(b"ping")
         await sp.next()
         [(data, addr)] = sp.datagrams
@@ -95,12 +103,7 @@ def test_a_host_name_address_is_resolved_by_the_socket_module(loop):
 
 def test_bad_sendto_arguments(loop):
     async def main():
-        server, _ = await loop.create_datagram_endpoint(
-            lambda: Recorder(loop), local_addr=("127.0.0.1", 0)
-        )
-        client, _ = await loop.create_datagram_endpoint(
-            lambda: Recorder(loop), remote_addr=server.get_extra_info("sockname")
-        )
+        server, _, client, _ = await endpoint_pair(loop)
         with pytest.raises(TypeError, match="bytes-like"):
             client.sendto("text")
         with pytest.raises(ValueError, match="Invalid address"):
@@ -152,12 +155,7 @@ def test_a_raising_datagram_received_is_reported_and_reading_goes_on(loop):
                 raise ZeroDivisionError
 
     async def main():
-        server, sp = await loop.create_datagram_endpoint(
-            lambda: Fails(loop), local_addr=("127.0.0.1", 0)
-        )
-        client, _ = await loop.create_datagram_endpoint(
-            lambda: Recorder(loop), remote_addr=server.get_extra_info("sockname")
-        )
+        server, sp, client, _ = await endpoint_pair(loop, lambda: Fails(loop))
         client.sendto(b"boom")
         await sp.next()
         client.sendto(b"after")
@@ -200,12 +198,7 @@ def test_empty_datagrams_follow_the_running_pythons_rule(loop):
     sends_empty = sys.version_info >= (3, 13)
 
     async def main():
-        server, sp = await loop.create_datagram_endpoint(
-            lambda: Recorder(loop), local_addr=("127.0.0.1", 0)
-        )
-        client, _ = await loop.create_datagram_endpoint(
-            lambda: Recorder(loop), remote_addr=server.get_extra_info("sockname")
-        )
+        server, sp, client, _ = await endpoint_pair(loop)
         client.sendto(b"")
         client.sendto(b"end")
         while not sp.datagrams or sp.datagrams[-1][0] != b"end":
@@ -231,12 +224,7 @@ def test_abort_loses_the_connection_at_once(loop):
 
 def test_a_closed_endpoint_is_freed_without_the_cycle_collector(loop):
     async def main():
-        server, sp = await loop.create_datagram_endpoint(
-            lambda: Recorder(loop), local_addr=("127.0.0.1", 0)
-        )
-        client, cp = await loop.create_datagram_endpoint(
-            lambda: Recorder(loop), remote_addr=server.get_extra_info("sockname")
-        )
+        server, sp, client, cp = await endpoint_pair(loop)
         client.sendto(b"ping")
         await sp.next()
         server.close()
