@@ -491,6 +491,45 @@ def test_a_transport_paused_by_another_callback_of_the_iteration_reads_nothing(l
         b.close()
 
 
+def test_the_end_that_came_with_the_last_bytes_is_handed_on_an_iteration_later(loop):
+    # asyncio's loop reads once per readiness report, so the end of the
+    # stream comes from its next read: code that stops the loop once the
+    # bytes arrived (run_until_complete) may count on the transport being
+    # open then. A proactor receives both at once.
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    iteration = 0
+    seen = []
+
+    def tick():
+        nonlocal iteration
+        iteration += 1
+        loop.call_soon(tick)
+
+    class Recorder(asyncio.Protocol):
+        def data_received(self, data):
+            seen.append(("data", iteration))
+
+        def eof_received(self):
+            seen.append(("eof", iteration))
+
+    async def main():
+        loop.call_soon(tick)
+        transport, _ = await loop.connect_accepted_socket(Recorder, a)
+        await asyncio.sleep(0.05)  # reading (a proactor's receive in flight)
+        b.sendall(b"the last bytes")
+        b.shutdown(socket.SHUT_WR)
+        while len(seen) < 2:
+            await asyncio.sleep(0)
+        transport.close()
+
+    loop.run_until_complete(asyncio.wait_for(main(), 5))
+    b.close()
+    [(first, data_at), (second, eof_at)] = seen
+    assert (first, second) == ("data", "eof")
+    assert eof_at > data_at
+
+
 def test_a_loop_run_by_another_thread_hears_its_transport(loop):
     # The transport's watch was armed by this thread's waits; the next run
     # is another thread's (while this one blocks in join).

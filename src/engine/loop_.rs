@@ -353,7 +353,8 @@ impl Engine {
     }
 
     /// Queues `fd`'s reader, a native core, to run as if the fd were
-    /// readable: a resumed reader with bytes already received for it.
+    /// readable: a resumed reader with bytes already received for it, or
+    /// the end of the stream that came with the bytes it handed on.
     pub fn queue_reader(&self, fd: RawFd) {
         let Some(reader) = self.io.native_reader(fd) else {
             return;

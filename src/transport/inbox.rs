@@ -86,6 +86,11 @@ impl Inbox {
         self.queue.pop_front()
     }
 
+    /// True when the first item is the end of the stream or an error.
+    pub fn ends_next(&self) -> bool {
+        matches!(self.queue.front(), Some(Pending::Eof | Pending::Error(_)))
+    }
+
     /// Puts back the rest of the first item.
     pub fn unpop(&mut self, item: Pending) {
         self.queue.push_front(item);

@@ -398,9 +398,14 @@ impl StreamCore {
     /// Hands on, in order, what the backend received, while the transport
     /// reads; what is left when it stops (paused) waits in the inbox, out
     /// of the backend's buffers.
+    ///
+    /// The end of the stream (or an error) that came with bytes is handed
+    /// on at the next iteration of the loop, as asyncio's loop, which reads
+    /// once per readiness report, only learns of it from its next read.
     fn read_received(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
+        let mut handed = false;
         loop {
             let reading = this
                 .engine
@@ -416,6 +421,11 @@ impl StreamCore {
                     st.inbox.keep();
                     return Ok(());
                 }
+                if handed && st.inbox.ends_next() {
+                    drop(st);
+                    this.engine.get().queue_reader(this.fd);
+                    return Ok(());
+                }
                 st.inbox.pop()
             };
             let Some((reader, protocol)) = item.as_ref().and_then(|_| this.reader(py)) else {
@@ -429,6 +439,7 @@ impl StreamCore {
                     return Self::fatal_error(slf, err, fatal_message(this.kind, false));
                 }
                 Some(data) => {
+                    handed = true;
                     let bulk = data.bytes().is_some_and(|b| b.len() >= BULK_READ);
                     match Self::hand_on(slf, reader, protocol, data) {
                         Ok(rest) => {
