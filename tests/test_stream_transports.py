@@ -786,7 +786,9 @@ def test_bytes_written_just_before_abort_reach_the_peer(loop):
     b.close()
 
 
-def test_bytes_written_as_the_loop_stops_reach_the_peer_when_it_closes(loop):
+def test_bytes_written_as_the_loop_stops_reach_the_peer_while_it_is_stopped(loop):
+    # asyncio's write() sends at once: a caller may stop the loop and wait
+    # for the peer's answer synchronously.
     a, b = socket.socketpair()
 
     async def main():
@@ -794,9 +796,9 @@ def test_bytes_written_as_the_loop_stops_reach_the_peer_when_it_closes(loop):
         transport, _ = await loop.connect_accepted_socket(lambda: Collect(loop), a)
         transport.write(b"good")
         transport.write(b"bye")
+        return transport
 
-    loop.run_until_complete(main())
-    loop.close()
+    transport = loop.run_until_complete(main())
     b.settimeout(10)
     received = b""
     while len(received) < len(b"goodbye"):
@@ -804,7 +806,8 @@ def test_bytes_written_as_the_loop_stops_reach_the_peer_when_it_closes(loop):
         assert chunk, received
         received += chunk
     assert received == b"goodbye"
-    a.close()
+    transport.close()
+    loop.run_until_complete(asyncio.sleep(0))
     b.close()
 
 

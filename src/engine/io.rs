@@ -129,12 +129,17 @@ impl Io {
         Ok(true)
     }
 
+    /// Makes the queued sends now (their results come with the next wait).
+    pub fn flush_sends(&self) -> PyResult<()> {
+        self.with_backend(|b| b.flush_sends())
+    }
+
     /// Makes `fd`'s queued send now and forgets its sender, which may then
     /// drop its bytes; its result is not reported.
     pub fn stop_send(&self, fd: RawFd) -> PyResult<()> {
         let sender = self.senders.lock().remove(&fd);
         if sender.is_some() {
-            self.with_backend(|b| b.flush_sends())?;
+            self.flush_sends()?;
         }
         drop(sender);
         Ok(())

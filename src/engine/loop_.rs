@@ -740,12 +740,22 @@ impl Engine {
             }
         }
         let ran = iterate();
-        let mut st = this.state.lock();
-        st.run_depth -= 1;
-        if st.run_depth == 0 && st.health.enabled {
-            st.health.run_stopped(clock::now());
+        let outermost = {
+            let mut st = this.state.lock();
+            st.run_depth -= 1;
+            if st.run_depth == 0 && st.health.enabled {
+                st.health.run_stopped(clock::now());
+            }
+            st.run_depth == 0
+        };
+        if !outermost {
+            return ran;
         }
-        ran
+        // Leaving the loop: the sends queued for its next wait are made
+        // now, as the `send()` each stands for would have been, so no peer
+        // waits for the loop to run again.
+        let flushed = this.io.flush_sends();
+        ran.and(flushed)
     }
 
     /// Empties every queue and the registry (those not borrowed right now).
