@@ -5,9 +5,10 @@
 Each suite's tests come from the library's sdist (downloaded once into
 build/upstream/, checked against its pinned sha256). The suite runs twice
 with pytest: on asyncio's loop, the reference, and with oxloop as asyncio's
-default loop (`oxloop_under_test`). A test counts when it passes on asyncio's
-loop; it must pass on oxloop too unless `known_failures.txt` lists it with
-its reason. A test failing only on oxloop is run once more before it counts
+default loop (`oxloop_under_test`); a suite that talks to a redis-server
+gets one of its own for both (tests/services.py). A test counts when it
+passes on asyncio's loop; it must pass on oxloop too unless
+`known_failures.txt` lists it with its reason. A test failing only on oxloop is run once more before it counts
 as a failure (the reference run gets no such second chance either way).
 
 Prints `SUITE <name> passed N of M` per suite and `TOTAL passed N of M`;
@@ -17,6 +18,7 @@ exits 1 on a failure not listed, or when a run does not finish in budget.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fnmatch
 import hashlib
 import json
@@ -30,6 +32,8 @@ import time
 import urllib.request
 import xml.etree.ElementTree as ET
 from pathlib import Path
+
+from tests.services import redis_server
 
 from .suites import SUITES, Suite
 
@@ -119,9 +123,16 @@ def outcomes(junit: Path, top: Path) -> dict[str, str]:
     return results
 
 
-def run(suite: Suite, top: Path, on_oxloop: bool, nodes: list[str] | None = None):
-    """Runs the suite (or only `nodes`) on one loop: its outcomes, and
-    whether it finished within the budget."""
+def run(
+    suite: Suite,
+    top: Path,
+    on_oxloop: bool,
+    nodes: list[str] | None = None,
+    redis_port: int | None = None,
+):
+    """Runs the suite (or only `nodes`) on one loop, against the
+    redis-server on `redis_port` if it needs one: its outcomes, and whether
+    it finished within the budget."""
     with tempfile.TemporaryDirectory() as tmp:
         junit = Path(tmp) / "junit.xml"
         args = [
@@ -140,6 +151,10 @@ def run(suite: Suite, top: Path, on_oxloop: bool, nodes: list[str] | None = None
             f"--junitxml={junit}",
             f"--timeout={PER_TEST_TIMEOUT}",
         ]
+        if not suite.pytest_asyncio:
+            args += ["-p", "no:asyncio"]
+        if suite.redis_url_option:
+            args.append(f"{suite.redis_url_option}=redis://127.0.0.1:{redis_port}/0")
         for plugin in (*suite.plugins, *(["oxloop_under_test"] if on_oxloop else [])):
             args += ["-p", plugin]
         env = dict(os.environ)
@@ -177,17 +192,18 @@ def run(suite: Suite, top: Path, on_oxloop: bool, nodes: list[str] | None = None
 def check(suite: Suite, known: list[tuple[str, str]]) -> tuple[int, int, list[str]]:
     """Runs one suite on both loops: (passed on oxloop, passed on asyncio, problems)."""
     top = sources(suite)
-    reference, finished = run(suite, top, on_oxloop=False)
-    problems = [] if finished else [f"asyncio's run exceeded {suite.budget:.0f} s"]
-    on_oxloop, finished = run(suite, top, on_oxloop=True)
-    if not finished:
-        problems.append(f"oxloop's run exceeded {suite.budget:.0f} s")
-    counted = sorted(n for n, o in reference.items() if o == "passed")
-    if finished and not counted:
-        problems.append("no test passed on asyncio's loop")
-    failing = [n for n in counted if on_oxloop.get(n) != "passed"]
-    if failing and finished:
-        again, _ = run(suite, top, on_oxloop=True, nodes=failing)
+    with redis_server() if suite.redis_url_option else contextlib.nullcontext() as port:
+        reference, finished = run(suite, top, on_oxloop=False, redis_port=port)
+        problems = [] if finished else [f"asyncio's run exceeded {suite.budget:.0f} s"]
+        on_oxloop, finished = run(suite, top, on_oxloop=True, redis_port=port)
+        if not finished:
+            problems.append(f"oxloop's run exceeded {suite.budget:.0f} s")
+        counted = sorted(n for n, o in reference.items() if o == "passed")
+        if finished and not counted:
+            problems.append("no test passed on asyncio's loop")
+        failing = [n for n in counted if on_oxloop.get(n) != "passed"]
+        if failing and finished:
+            again, _ = run(suite, top, on_oxloop=True, nodes=failing, redis_port=port)
         flaky = [n for n in failing if again.get(n) == "passed"]
         for n in flaky:
             print(f"  {suite.name}: passed when run again: {n}")

@@ -32,6 +32,13 @@ class Suite:
     plugins: tuple[str, ...] = ()
     #: Seconds for one run of the whole suite on one loop.
     budget: float = 600.0
+    #: The pytest option that takes the URL of a redis-server, when the
+    #: suite needs one: the runner starts it (tests/services.py) for both
+    #: loops' runs.
+    redis_url_option: str = ""
+    #: Whether pytest-asyncio runs: the suite's tests use it. It is off for
+    #: the others, which never had it.
+    pytest_asyncio: bool = False
 
 
 SUITES = {
@@ -99,6 +106,51 @@ SUITES = {
             # tornado.test.runtests' modules, collected by pytest.
             select=("tornado/test",),
             plugins=("tornado_runtests",),
+        ),
+        Suite(
+            name="redis",
+            dist="redis",
+            version="8.1.0",
+            sha256="6e1a19beef9225c83efd689c7e6b7da2d5215b1f42cd13b7fc3714d0a09c7b25",
+            # redis.asyncio's tests against one redis-server. Left out, each
+            # needing servers of its own: cluster, sentinel, the Redis Stack
+            # modules (bloom, json, search, timeseries, vector sets), Entra
+            # ID credentials, multi-database, scenario and observability
+            # (OpenTelemetry) tests; and test_commands, a thousand commands'
+            # replies through one client (the protocol's behaviour, not the
+            # loop's: 40 s of CI per loop). Its tests/ is a package, so pytest
+            # puts the sdist first on sys.path: the library under test is
+            # the sdist's copy of the pinned version, pure Python as installed.
+            select=tuple(
+                f"tests/test_asyncio/test_{m}.py"
+                for m in (
+                    "client",
+                    "command_parser",
+                    "command_policies",
+                    "connect",
+                    "connection",
+                    "connection_pool",
+                    "cwe_404",
+                    "encoding",
+                    "hash",
+                    "himport_integration",
+                    "keyspace_notifications",
+                    "lock",
+                    "monitor",
+                    "pipeline",
+                    "pubsub",
+                    "retry",
+                    "scripting",
+                    "sentinel_managed_connection",
+                    "ssl",
+                    "usage_counter",
+                    "utils",
+                )
+            ),
+            # Its addopts (-s) would interleave its output with pytest's.
+            options=("-o", "addopts="),
+            redis_url_option="--redis-url",
+            pytest_asyncio=True,
         ),
         Suite(
             name="httpx",
