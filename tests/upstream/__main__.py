@@ -8,8 +8,9 @@ with pytest: on asyncio's loop, the reference, and with oxloop as asyncio's
 default loop (`oxloop_under_test`); a suite that talks to a redis-server
 gets one of its own for both (tests/services.py). A test counts when it
 passes on asyncio's loop; it must pass on oxloop too unless
-`known_failures.txt` lists it with its reason. A test failing only on oxloop is run once more before it counts
-as a failure (the reference run gets no such second chance either way).
+`known_failures.txt` lists it with its reason. A test failing only on oxloop
+is run once more before it counts as a failure (the reference run gets no
+such second chance either way).
 
 Prints `SUITE <name> passed N of M` per suite and `TOTAL passed N of M`;
 exits 1 on a failure not listed, or when a run does not finish in budget.
