@@ -785,6 +785,7 @@ impl StreamCore {
 
 /// asyncio's message when a `BufferedProtocol`'s `get_buffer` raised.
 const GET_BUFFER_FAILED: &str = "Fatal error: protocol.get_buffer() call failed.";
+/// asyncio's message when a protocol's `eof_received` raised.
 const EOF_RECEIVED_FAILED: &str = "Fatal error: protocol.eof_received() call failed.";
 
 /// The error for a `get_buffer` that returned a buffer it cannot fill.
